@@ -1,0 +1,66 @@
+"""Campaign control: create, list, read with stats, edit drafts, launch, pause, resume, duplicate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, patch, post
+from litestar.params import Parameter
+from sqlalchemy.orm import Session
+
+from outreach_api.campaigns.schemas import CampaignDetail, CampaignOut, CampaignPage, LaunchOut, campaign_out
+from outreach_api.security import CurrentUser
+from outreach_pipeline.core import campaigns as core
+from outreach_pipeline.db.models import CampaignStatus
+
+Req = Request[CurrentUser, Any, Any]
+
+
+class CampaignController(Controller):
+    path = "/api/campaigns"
+    tags = ["campaigns"]
+
+    @post("/", sync_to_thread=True)
+    def create(self, data: core.CampaignCreate, request: Req, db: Session) -> CampaignOut:
+        return campaign_out(core.create_campaign(db, request.user.id, data))
+
+    @get("/", sync_to_thread=True)
+    def list(
+        self, request: Req, db: Session, status: CampaignStatus | None = None,
+        limit: int = Parameter(default=50, ge=1, le=500), offset: int = Parameter(default=0, ge=0),
+    ) -> CampaignPage:
+        items, total = core.list_campaigns(db, request.user.id, status, limit, offset)
+        return CampaignPage(items=[campaign_out(c) for c in items], total=total, limit=limit, offset=offset)
+
+    @get("/{campaign_id:int}", sync_to_thread=True)
+    def detail(self, campaign_id: int, request: Req, db: Session) -> CampaignDetail:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        return CampaignDetail(**campaign_out(campaign).model_dump(), stats=core.campaign_stats(db, campaign))
+
+    @patch("/{campaign_id:int}", sync_to_thread=True)
+    def update(self, campaign_id: int, data: core.CampaignUpdate, request: Req, db: Session) -> CampaignOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        return campaign_out(core.update_campaign(db, campaign, data))
+
+    @post("/{campaign_id:int}/launch", status_code=200, sync_to_thread=True)
+    def launch(self, campaign_id: int, request: Req, db: Session) -> LaunchOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        queued = core.launch_campaign(db, campaign)
+        return LaunchOut(campaign=campaign_out(campaign), queued_emails=queued)
+
+    @post("/{campaign_id:int}/pause", status_code=200, sync_to_thread=True)
+    def pause(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        core.pause_campaign(db, campaign)
+        return campaign_out(campaign)
+
+    @post("/{campaign_id:int}/resume", status_code=200, sync_to_thread=True)
+    def resume(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        core.resume_campaign(db, campaign)
+        return campaign_out(campaign)
+
+    @post("/{campaign_id:int}/duplicate", sync_to_thread=True)
+    def duplicate(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        return campaign_out(core.duplicate_campaign(db, campaign))

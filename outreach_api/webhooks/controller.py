@@ -1,0 +1,82 @@
+"""Postmark webhooks behind HTTP Basic auth; each event is stored once and acted on in one transaction."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from typing import Any
+
+from litestar import Controller, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.core.errors import InvalidInputError
+from outreach_pipeline.core.events import handle_postmark_event
+
+
+class EventOut(BaseModel):
+    stored: bool
+    duplicate: bool
+    outcome: str
+
+
+def _credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        username, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (username, password) if sep else None
+
+
+def basic_auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """401 (never 403, on which Postmark stops retrying) unless the credentials match, compared in constant time."""
+    settings = connection.app.state.services.settings
+    given = _credentials(connection.headers.get("authorization", ""))
+    expected_user, expected_password = settings.webhook_username, settings.webhook_password
+    ok = (
+        given is not None
+        and bool(expected_password)
+        & hmac.compare_digest(given[0].encode(), expected_user.encode())
+        & hmac.compare_digest(given[1].encode(), expected_password.encode())
+    )
+    if not ok:
+        raise NotAuthorizedException("Webhook credentials missing or wrong.",
+                                     headers={"WWW-Authenticate": 'Basic realm="webhooks"'})
+
+
+def _handle(db: Session, payload: dict[str, Any], record_type: str) -> EventOut:
+    try:
+        result = handle_postmark_event(db, payload, record_type)
+    except ValueError as error:
+        raise InvalidInputError(f"Not a Postmark {record_type} payload: {error}") from error
+    return EventOut(stored=not result.duplicate, duplicate=result.duplicate, outcome=result.outcome)
+
+
+class PostmarkWebhookController(Controller):
+    path = "/api/webhooks/postmark"
+    tags = ["webhooks"]
+    guards = [basic_auth_guard]
+
+    @post("/", status_code=200, sync_to_thread=True)
+    def any_event(self, data: dict[str, Any], db: Session) -> EventOut:
+        """Any Postmark record type, told apart by its RecordType."""
+        return _handle(db, data, str(data.get("RecordType", "")) or "Unknown")
+
+    @post("/inbound", status_code=200, sync_to_thread=True)
+    def inbound(self, data: dict[str, Any], db: Session) -> EventOut:
+        return _handle(db, data, "Inbound")
+
+    @post("/bounce", status_code=200, sync_to_thread=True)
+    def bounce(self, data: dict[str, Any], db: Session) -> EventOut:
+        return _handle(db, data, "Bounce")
+
+    @post("/delivery", status_code=200, sync_to_thread=True)
+    def delivery(self, data: dict[str, Any], db: Session) -> EventOut:
+        return _handle(db, data, "Delivery")

@@ -1,0 +1,1 @@
+"""Dagster assets: each one parses its inputs, calls the core, and reports metadata."""

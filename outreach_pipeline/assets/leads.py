@@ -1,0 +1,64 @@
+"""Lead files from the bucket, one dynamic partition per file (`<campaign_id>/<name>`)."""
+
+import time
+
+from dagster import (
+    AssetExecutionContext,
+    DynamicPartitionsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_pandera import pandera_schema_to_dagster_type
+
+from outreach_pipeline.bucket import campaign_of
+from outreach_pipeline.core.errors import InvalidInputError
+from outreach_pipeline.core.lead_schema import LEAD_ROW_SCHEMA
+from outreach_pipeline.core.leads import import_leads_csv
+from outreach_pipeline.db.models import Campaign
+from outreach_pipeline.db.session import session_scope
+from outreach_pipeline.resources import DatabaseResource, LeadsBucketResource
+
+lead_files = DynamicPartitionsDefinition(name="lead_files")
+
+LEAD_ROW_TYPE = pandera_schema_to_dagster_type(LEAD_ROW_SCHEMA)
+
+
+@asset(
+    partitions_def=lead_files,
+    group_name="leads",
+    description="Leads of one CSV file dropped in the bucket, validated against the LeadRow schema and stored.",
+    metadata={"dagster/column_schema": LEAD_ROW_TYPE.metadata["schema"].schema},
+    kinds={"csv", "pandas"},
+)
+def lead_file_import(
+    context: AssetExecutionContext, database: DatabaseResource, bucket: LeadsBucketResource
+) -> MaterializeResult:
+    key = context.partition_key
+    files = bucket.bucket()
+    path = files.locate(key)
+    started = time.monotonic()
+    with session_scope(database.session_factory()) as session:
+        campaign = session.get(Campaign, campaign_of(key))
+        if campaign is None:
+            raise Failure(f"{key}: there is no campaign {campaign_of(key)}; put the file under an existing campaign id.")
+        try:
+            with path.open("rb") as stream:
+                report = import_leads_csv(session, campaign, stream, source=f"bucket:{key}",
+                                          rejects_path=files.rejects_path(key))
+        except InvalidInputError as error:
+            files.mark_processed(key)
+            raise Failure(f"{key}: {error.message}", metadata={"import_id": (error.details or {}).get("import_id")})
+    files.mark_processed(key)
+    context.log.info(f"{key}: {report.stored} stored, {report.rejected} rejected of {report.rows_read} rows")
+    return MaterializeResult(metadata={
+        "campaign_id": campaign_of(key),
+        "import_id": report.import_id,
+        "rows_read": report.rows_read,
+        "stored": report.stored,
+        "rejected": report.rejected,
+        "rejected_by_reason": MetadataValue.json(dict(report.reasons)),
+        "rejects_report": MetadataValue.path(report.rejects_path) if report.rejects_path else None,
+        "duration_s": round(time.monotonic() - started, 3),
+    })

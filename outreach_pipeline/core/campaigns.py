@@ -1,0 +1,267 @@
+"""Campaigns: settings, the status machine DRAFT -> ACTIVE <-> PAUSED -> COMPLETED, and stats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import available_timezones
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.core.errors import ConflictError, InvalidInputError, NotFoundError
+from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.core.leads import lead_fields
+from outreach_pipeline.core.placeholders import find_placeholders
+from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStatus,
+    CampaignStep,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    Template,
+)
+
+
+class StepSpec(BaseModel):
+    delay_days: int = Field(0, ge=0, le=365, description="Days after the previous step (ignored for step 1).")
+    subject_hint: str = Field("", max_length=300)
+    thread: bool = Field(True, description="Send as a reply to the first email (ignored for step 1).")
+
+
+class CampaignSettings(BaseModel):
+    """Fields shared by create and update; every one optional on update."""
+
+    pitch: str | None = Field(None, max_length=5000)
+    tone: str | None = Field(None, max_length=100)
+    sender_name: str | None = Field(None, max_length=200)
+    sender_email: str | None = Field(None, max_length=320, pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    timezone: str | None = None
+    window_start_hour: int | None = Field(None, ge=0, le=23)
+    window_end_hour: int | None = Field(None, ge=1, le=24)
+    send_days: str | None = Field(None, pattern=r"^[0-6]{1,7}$", description="Weekdays to send on, Monday=0.")
+    daily_cap: int | None = Field(None, ge=1, le=100_000)
+    steps: list[StepSpec] | None = Field(None, min_length=1, max_length=10)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None and value not in available_timezones():
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name like 'Europe/Berlin')")
+        return value
+
+    @model_validator(mode="after")
+    def _window_order(self) -> CampaignSettings:
+        if self.window_start_hour is not None and self.window_end_hour is not None:
+            if self.window_start_hour >= self.window_end_hour:
+                raise ValueError("window_start_hour must be before window_end_hour")
+        return self
+
+
+class CampaignCreate(CampaignSettings):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CampaignUpdate(CampaignSettings):
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class CampaignStats(BaseModel):
+    leads_total: int
+    leads_by_status: dict[str, int]
+    jobs_by_step: dict[int, dict[str, int]]
+    sent: int
+    delivered: int
+    replied: int
+    bounced: int
+    unsubscribed: int
+    reply_rate: float
+    bounce_rate: float
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def get_campaign(session: Session, owner_id: int, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.owner_id != owner_id:
+        raise NotFoundError(f"Campaign {campaign_id} not found.")
+    return campaign
+
+
+def list_campaigns(
+    session: Session, owner_id: int, status: CampaignStatus | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[Campaign], int]:
+    query = select(Campaign).where(Campaign.owner_id == owner_id)
+    if status is not None:
+        query = query.where(Campaign.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.order_by(Campaign.id.desc()).limit(limit).offset(offset))), total
+
+
+def campaign_stats(session: Session, campaign: Campaign) -> CampaignStats:
+    leads_by_status = {s.value: 0 for s in LeadStatus}
+    for status, count in session.execute(
+        select(Lead.status, func.count()).where(Lead.campaign_id == campaign.id).group_by(Lead.status)
+    ):
+        leads_by_status[status.value] = count
+    jobs_by_step: dict[int, dict[str, int]] = {s.number: {j.value: 0 for j in JobStatus} for s in campaign.steps}
+    for step, status, count in session.execute(
+        select(EmailJob.step_number, EmailJob.status, func.count())
+        .where(EmailJob.campaign_id == campaign.id)
+        .group_by(EmailJob.step_number, EmailJob.status)
+    ):
+        jobs_by_step.setdefault(step, {j.value: 0 for j in JobStatus})[status.value] = count
+    sent = sum(step[JobStatus.SENT.value] for step in jobs_by_step.values())
+    delivered = session.scalar(
+        select(func.count()).where(EmailJob.campaign_id == campaign.id, EmailJob.delivered_at.is_not(None))
+    ) or 0
+    contacted = sum(leads_by_status[s.value] for s in LeadStatus if s not in (LeadStatus.PENDING, LeadStatus.FAILED))
+    replied, bounced = leads_by_status[LeadStatus.REPLIED.value], leads_by_status[LeadStatus.BOUNCED.value]
+    return CampaignStats(
+        leads_total=sum(leads_by_status.values()),
+        leads_by_status=leads_by_status,
+        jobs_by_step=jobs_by_step,
+        sent=sent,
+        delivered=delivered,
+        replied=replied,
+        bounced=bounced,
+        unsubscribed=leads_by_status[LeadStatus.UNSUBSCRIBED.value],
+        reply_rate=round(replied / contacted, 4) if contacted else 0.0,
+        bounce_rate=round(bounced / contacted, 4) if contacted else 0.0,
+    )
+
+
+# --- changing --------------------------------------------------------------------------------
+
+
+def _apply(campaign: Campaign, data: CampaignSettings) -> None:
+    values = data.model_dump(exclude_unset=True, exclude_none=True, exclude={"steps"})
+    for key, value in values.items():
+        setattr(campaign, key, value)
+    if data.steps is not None:
+        campaign.steps = [
+            CampaignStep(number=n, delay_days=0 if n == 1 else s.delay_days, subject_hint=s.subject_hint,
+                         thread=s.thread)
+            for n, s in enumerate(data.steps, start=1)
+        ]
+    if campaign.window_start_hour >= campaign.window_end_hour:
+        raise InvalidInputError("window_start_hour must be before window_end_hour.")
+
+
+def create_campaign(session: Session, owner_id: int, data: CampaignCreate) -> Campaign:
+    campaign = Campaign(owner_id=owner_id, name=data.name, status=CampaignStatus.DRAFT, steps=[])
+    for column in ("pitch", "tone", "sender_name", "sender_email", "timezone",
+                   "window_start_hour", "window_end_hour", "send_days", "daily_cap"):
+        if getattr(campaign, column) is None:
+            setattr(campaign, column, Campaign.__table__.c[column].default.arg)  # type: ignore[union-attr]
+    _apply(campaign, data)
+    if not campaign.steps:
+        campaign.steps = [CampaignStep(number=1, delay_days=0)]
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def update_campaign(session: Session, campaign: Campaign, data: CampaignUpdate) -> Campaign:
+    if campaign.status != CampaignStatus.DRAFT:
+        raise ConflictError(f"Only a DRAFT campaign can be edited; this one is {campaign.status.value}. "
+                            "Duplicate it to change its settings.")
+    if data.steps is not None:
+        # Steps are replaced whole: drop the old rows before the new numbers take their place.
+        campaign.steps.clear()
+        session.flush()
+    _apply(campaign, data)
+    session.flush()
+    return campaign
+
+
+def launch_problems(session: Session, campaign: Campaign) -> list[str]:
+    """Everything that would stop a launch, all at once."""
+    problems: list[str] = []
+    if not campaign.steps:
+        problems.append("The campaign has no steps.")
+    if not session.scalar(select(func.count()).where(Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING)):
+        problems.append("The campaign has no leads waiting to be contacted.")
+    templates = session.scalars(select(Template).where(Template.campaign_id == campaign.id)).all()
+    have = {t.step_number for t in templates}
+    for step in campaign.steps:
+        if step.number not in have:
+            problems.append(f"Step {step.number} has no template.")
+    fields = set(lead_fields(session, campaign))
+    for template in templates:
+        for placeholder in find_placeholders(template.subject + "\n" + template.body):
+            if placeholder.fallback is None and placeholder.name not in fields:
+                problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}}, "
+                                "which the leads do not have; add a fallback like {{name|...}}.")
+    return problems
+
+
+def _transition(campaign: Campaign, allowed_from: set[CampaignStatus], to: CampaignStatus, verb: str) -> None:
+    if campaign.status not in allowed_from:
+        allowed = " or ".join(sorted(s.value for s in allowed_from))
+        raise ConflictError(f"Cannot {verb} a {campaign.status.value} campaign (only {allowed}).")
+    campaign.status = to
+
+
+def launch_campaign(session: Session, campaign: Campaign, now: datetime | None = None) -> int:
+    """DRAFT -> ACTIVE after the pre-flight check; returns the number of first emails queued."""
+    if campaign.status != CampaignStatus.DRAFT:
+        _transition(campaign, {CampaignStatus.DRAFT}, CampaignStatus.ACTIVE, "launch")
+    problems = launch_problems(session, campaign)
+    if problems:
+        raise InvalidInputError("The campaign cannot be launched yet.", details=problems)
+    now = now or utcnow()
+    campaign.status = CampaignStatus.ACTIVE
+    campaign.launched_at = now
+    queued = schedule_first_jobs(session, campaign, now)
+    session.flush()
+    return queued
+
+
+def pause_campaign(session: Session, campaign: Campaign) -> None:
+    _transition(campaign, {CampaignStatus.ACTIVE}, CampaignStatus.PAUSED, "pause")
+    session.flush()
+
+
+def resume_campaign(session: Session, campaign: Campaign) -> None:
+    _transition(campaign, {CampaignStatus.PAUSED}, CampaignStatus.ACTIVE, "resume")
+    session.flush()
+
+
+def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
+    """A new DRAFT with the same settings, steps and templates, and no leads."""
+    copy = Campaign(
+        owner_id=campaign.owner_id,
+        name=f"{campaign.name} (copy)"[:200],
+        status=CampaignStatus.DRAFT,
+        **{c: getattr(campaign, c) for c in ("pitch", "tone", "sender_name", "sender_email", "timezone",
+                                               "window_start_hour", "window_end_hour", "send_days", "daily_cap")},
+        steps=[CampaignStep(number=s.number, delay_days=s.delay_days, subject_hint=s.subject_hint, thread=s.thread)
+               for s in campaign.steps],
+    )
+    session.add(copy)
+    session.flush()
+    for template in session.scalars(select(Template).where(Template.campaign_id == campaign.id)):
+        session.add(Template(campaign_id=copy.id, step_number=template.step_number, variant=template.variant,
+                             subject=template.subject, body=template.body, source=template.source,
+                             model=template.model))
+    session.flush()
+    return copy
+
+
+def complete_finished_campaigns(session: Session, now: datetime | None = None) -> int:
+    """ACTIVE campaigns with no job left to send become COMPLETED."""
+    open_jobs = select(EmailJob.id).where(
+        EmailJob.campaign_id == Campaign.id, EmailJob.status.in_([JobStatus.PENDING, JobStatus.SENDING])
+    ).exists()
+    finished = session.scalars(
+        select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE, Campaign.launched_at.is_not(None), ~open_jobs)
+    ).all()
+    for campaign in finished:
+        campaign.status = CampaignStatus.COMPLETED
+        campaign.completed_at = now or utcnow()
+    return len(finished)

@@ -1,0 +1,142 @@
+"""Postmark webhooks: store each event once, then act on it (stop sequences, suppress, record)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.core.suppression import suppress
+from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.dialect import insert_ignoring_conflicts
+from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, WebhookEvent
+
+log = logging.getLogger(__name__)
+
+# Bounce types after which the address must never be mailed again.
+HARD_BOUNCE_TYPES = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated", "Blocked"}
+
+
+@dataclass(frozen=True)
+class EventResult:
+    event_id: int | None
+    duplicate: bool
+    outcome: str
+
+
+def _event_key(record_type: str, payload: dict[str, Any]) -> str:
+    # Bounces carry their own ID; other records are identified by the message they concern.
+    if record_type in ("Bounce", "SpamComplaint") and payload.get("ID") is not None:
+        return str(payload["ID"])
+    if payload.get("MessageID"):
+        return str(payload["MessageID"])
+    raise ValueError("the payload has neither ID nor MessageID")
+
+
+def record_type_of(payload: dict[str, Any], default: str) -> str:
+    return str(payload.get("RecordType") or default)
+
+
+def skip_pending_jobs(session: Session, lead_id: int, reason: str) -> int:
+    result = session.execute(
+        update(EmailJob).where(EmailJob.lead_id == lead_id, EmailJob.status == JobStatus.PENDING)
+        .values(status=JobStatus.SKIPPED, last_error=reason)
+    )
+    return result.rowcount or 0
+
+
+def _job_for_message(session: Session, message_id: str | None) -> EmailJob | None:
+    if not message_id:
+        return None
+    return session.scalar(select(EmailJob).where(EmailJob.provider_message_id == str(message_id)))
+
+
+def _on_inbound(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+    token = str(payload.get("MailboxHash") or "")
+    lead = session.scalar(select(Lead).where(Lead.reply_token == token)) if token else None
+    if lead is None:
+        return "reply matched no lead; kept for review"
+    event.lead_id = lead.id
+    if lead.status in (LeadStatus.PENDING, LeadStatus.CONTACTED):
+        lead.status = LeadStatus.REPLIED
+        lead.replied_at = utcnow()
+    skipped = skip_pending_jobs(session, lead.id, "lead replied")
+    return f"lead {lead.id} replied; {skipped} pending job(s) skipped"
+
+
+def _on_bounce(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+    job = _job_for_message(session, payload.get("MessageID"))
+    if job is None:
+        return "bounce for a message we did not send"
+    event.job_id, event.lead_id = job.id, job.lead_id
+    bounce_type = str(payload.get("Type", ""))
+    lead = job.lead
+    if bounce_type not in HARD_BOUNCE_TYPES:
+        return f"{bounce_type or 'unknown'} bounce recorded"
+    lead.status = LeadStatus.BOUNCED
+    suppress(session, lead.campaign.owner_id, lead.email_key, "bounce")
+    skipped = skip_pending_jobs(session, lead.id, f"address bounced ({bounce_type})")
+    return f"lead {lead.id} bounced ({bounce_type}); address suppressed; {skipped} pending job(s) skipped"
+
+
+def _on_spam_complaint(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+    job = _job_for_message(session, payload.get("MessageID"))
+    if job is None:
+        return "complaint for a message we did not send"
+    event.job_id, event.lead_id = job.id, job.lead_id
+    lead = job.lead
+    lead.status = LeadStatus.UNSUBSCRIBED
+    suppress(session, lead.campaign.owner_id, lead.email_key, "complaint")
+    skip_pending_jobs(session, lead.id, "spam complaint")
+    return f"lead {lead.id} complained; address suppressed"
+
+
+def _on_delivery(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+    job = _job_for_message(session, payload.get("MessageID"))
+    if job is None:
+        return "delivery for a message we did not send"
+    event.job_id, event.lead_id = job.id, job.lead_id
+    job.delivered_at = job.delivered_at or utcnow()
+    return f"job {job.id} delivered"
+
+
+HANDLERS = {
+    "Inbound": _on_inbound,
+    "Bounce": _on_bounce,
+    "SpamComplaint": _on_spam_complaint,
+    "Delivery": _on_delivery,
+}
+
+
+def handle_postmark_event(session: Session, payload: dict[str, Any], default_type: str) -> EventResult:
+    """Store the event once and act on it in the same transaction; a replay changes nothing."""
+    record_type = record_type_of(payload, default_type)
+    key = _event_key(record_type, payload)
+    inserted = session.execute(
+        insert_ignoring_conflicts(session, WebhookEvent, ["provider", "record_type", "provider_id"])
+        .values(provider="postmark", record_type=record_type, provider_id=key, payload=payload)
+        .returning(WebhookEvent.id)
+    ).scalar()
+    if inserted is None:
+        return EventResult(None, True, "already processed")
+    event = session.get_one(WebhookEvent, inserted)
+    handler = HANDLERS.get(record_type)
+    event.outcome = handler(session, payload, event) if handler else f"{record_type} recorded"
+    event.processed_at = utcnow()
+    log.info("postmark event", extra={"record_type": record_type, "outcome": event.outcome})
+    return EventResult(event.id, False, event.outcome)
+
+
+def unsubscribe_by_token(session: Session, reply_token: str) -> Lead | None:
+    """The lead behind an unsubscribe link stops receiving mail from its owner, in every campaign."""
+    lead = session.scalar(select(Lead).where(Lead.reply_token == reply_token))
+    if lead is None:
+        return None
+    if lead.status in (LeadStatus.PENDING, LeadStatus.CONTACTED, LeadStatus.REPLIED):
+        lead.status = LeadStatus.UNSUBSCRIBED
+    suppress(session, lead.campaign.owner_id, lead.email_key, "unsubscribe")
+    skip_pending_jobs(session, lead.id, "lead unsubscribed")
+    return lead

@@ -1,0 +1,95 @@
+"""The shape of a lead row: header spellings we understand and the pandera schema rows must pass."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pandera.pandas as pa
+
+STANDARD_FIELDS: tuple[str, ...] = ("email", "first_name", "last_name", "company", "title", "timezone")
+
+# Header spellings seen in real exports (Apollo, HubSpot, Sales Navigator, Excel), compared
+# after lower-casing and dropping everything but letters and digits.
+HEADER_ALIASES: dict[str, str] = {
+    "email": "email",
+    "emailaddress": "email",
+    "workemail": "email",
+    "businessemail": "email",
+    "firstname": "first_name",
+    "givenname": "first_name",
+    "lastname": "last_name",
+    "surname": "last_name",
+    "familyname": "last_name",
+    "company": "company",
+    "companyname": "company",
+    "organization": "company",
+    "organisation": "company",
+    "account": "company",
+    "title": "title",
+    "jobtitle": "title",
+    "position": "title",
+    "timezone": "timezone",
+    "tz": "timezone",
+}
+
+MAX_LENGTHS: dict[str, int] = {
+    "email": 320,
+    "first_name": 200,
+    "last_name": 200,
+    "company": 300,
+    "title": 300,
+    "timezone": 64,
+}
+
+# Syntax only (no network): a local part, one '@', dot-separated labels, an alphabetic TLD.
+EMAIL_PATTERN = (
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+INVALID_EMAIL = "invalid email"
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def canonical_header(header: str) -> str:
+    """Our field name for a CSV header, or a tidy custom-field name for anything else."""
+    squashed = _NON_ALNUM.sub("", str(header).lower())
+    if squashed in HEADER_ALIASES:
+        return HEADER_ALIASES[squashed]
+    return _NON_ALNUM.sub("_", str(header).lower()).strip("_") or "column"
+
+
+def _optional_text(field: str) -> pa.Column:
+    return pa.Column(str, pa.Check.str_length(max_value=MAX_LENGTHS[field], error=f"too long: {field}"),
+                     nullable=True, required=False)
+
+
+LEAD_ROW_SCHEMA = pa.DataFrameSchema(
+    {
+        "email": pa.Column(
+            str,
+            [
+                pa.Check.str_length(max_value=MAX_LENGTHS["email"], error="too long: email"),
+                pa.Check.str_matches(EMAIL_PATTERN, error=INVALID_EMAIL),
+            ],
+            nullable=False,
+        ),
+        **{field: _optional_text(field) for field in STANDARD_FIELDS if field != "email"},
+    },
+    name="LeadRow",
+    description="A lead as stored: a syntactically valid email, optional names, company, title and timezone.",
+    strict=False,
+)
+
+
+def failure_reasons(failure_cases: pd.DataFrame) -> dict[int, str]:
+    """First failure reason per row index, from pandera's lazy-validation report."""
+    reasons: dict[int, str] = {}
+    for row in failure_cases.itertuples(index=False):
+        if row.index is None or pd.isna(row.index):
+            continue
+        check = str(row.check)
+        reason = "missing email" if check == "not_nullable" else check
+        reasons.setdefault(int(row.index), reason)
+    return reasons

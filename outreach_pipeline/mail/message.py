@@ -1,0 +1,57 @@
+"""What the core hands a mail backend, and what it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    to: str
+    from_email: str  # may carry a display name: "Ada <ada@example.com>"
+    subject: str
+    text_body: str
+    html_body: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # In-Reply-To, References, List-Unsubscribe...
+    metadata: dict[str, str] = field(default_factory=dict)  # travels with the message (job id, campaign id)
+    tag: str | None = None
+
+
+class SendOutcome(StrEnum):
+    SENT = "SENT"
+    INVALID_RECIPIENT = "INVALID_RECIPIENT"  # the address can never receive mail
+    INACTIVE_RECIPIENT = "INACTIVE_RECIPIENT"  # the provider has stopped mailing it (bounces, complaints)
+    REJECTED = "REJECTED"  # any other per-message refusal
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: SendOutcome
+    provider_message_id: str | None = None
+    message_id_header: str | None = None  # the RFC 5322 Message-ID, for threading follow-ups
+    error_code: int | None = None
+    error: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome == SendOutcome.SENT
+
+
+class MailerUnavailableError(Exception):
+    """The whole batch failed for a passing reason (rate limit, 5xx, network): retry it later."""
+
+
+class MailerAccountError(Exception):
+    """The provider refuses the account (bad token, suspended): stop sending, nothing was sent."""
+
+
+class Mailer(Protocol):
+    name: str
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """Send messages; one result per message, in order."""
+        ...

@@ -1,0 +1,442 @@
+"""A local stand-in for OpenAI's Chat Completions and Responses APIs, driven through the real ``openai`` SDK.
+
+    with FakeOpenAI() as fake:
+        client = openai.OpenAI(api_key="k", base_url=fake.url + "/v1", max_retries=0)
+        client.chat.completions.parse(model="m", messages=[...], response_format=Draft)
+
+Contract followed (https://platform.openai.com/docs/api-reference):
+
+- ``Authorization: Bearer <key>`` with a non-empty key (or exactly ``api_key`` when one is configured),
+  else HTTP 401 with ``{"error": {"message", "type": "invalid_request_error", "param", "code": "invalid_api_key"}}``.
+  Every error uses that ``{"error": {...}}`` shape; the SDK maps the status to ``AuthenticationError``,
+  ``RateLimitError``, ``InternalServerError``... and retries 408/409/429/5xx, honouring ``retry-after``.
+- ``POST /v1/chat/completions`` answers a ``chat.completion`` object; ``POST /v1/responses`` a ``response``
+  object whose ``output`` holds one assistant message with an ``output_text`` part.
+- With structured output (``response_format`` / ``text.format`` of type ``json_schema``), the text is a
+  JSON object valid for the schema. It comes from ``fake.responder(request_body)``; the default responder
+  fills the schema with a plausible cold email (``subject``/``body``) and nulls where null is allowed.
+
+Only the standard library is used; the server runs in a background thread on 127.0.0.1, port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+# The body of a request -> the object to serialise as the answer's text (a str is sent verbatim).
+Responder = Callable[[dict[str, Any]], "dict[str, Any] | str"]
+# (HTTP status, JSON body, extra headers)
+Reply = tuple[int, Any, dict[str, str]]
+App = Callable[[str, str, Message, bytes], Reply]
+
+DEFAULT_SUBJECT = "Quick question, {{first_name}}"
+DEFAULT_BODY = (
+    "Hi {{first_name|there}},\n\n"
+    "I noticed {{company}} has been growing its team, and wondered how you are handling outbound today. "
+    "We help teams like yours book more meetings without adding headcount.\n\n"
+    "Would a 15-minute call next week be worth it?\n\n"
+    "Best,\nThe team"
+)
+# What ``invalid_json_next`` sends: truncated JSON, as when a model stops mid-object.
+INVALID_JSON_TEXT = '{"subject": "Quick question, {{first_name}}", "body": "Hi {{first'
+
+
+def request_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks for: Chat's ``response_format`` or Responses' ``text.format``."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return dict(schema) if isinstance(schema, Mapping) else None
+    text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), Mapping) else None
+    if isinstance(text_format, Mapping) and text_format.get("type") == "json_schema":
+        schema = text_format.get("schema")
+        return dict(schema) if isinstance(schema, Mapping) else None
+    return None
+
+
+def sample_for_schema(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, name: str = "") -> Any:
+    """A value valid for ``schema``: the cold-email text for ``subject``/``body``, null wherever allowed."""
+    root = schema if root is None else root
+    if "$ref" in schema:  # "#/$defs/Name" as pydantic writes it
+        target: Any = root
+        for part in str(schema["$ref"]).lstrip("#/").split("/"):
+            target = target[part]
+        return sample_for_schema(target, root, name)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            options = list(schema[key])
+            if any(option.get("type") == "null" for option in options):
+                return None
+            return sample_for_schema(options[0], root, name)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return None if None in schema["enum"] else schema["enum"][0]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        if "null" in kind:
+            return None
+        kind = kind[0]
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {key: sample_for_schema(value, root, key) for key, value in properties.items()}
+    if kind == "array":
+        return [sample_for_schema(schema.get("items") or {}, root, name) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return {"subject": DEFAULT_SUBJECT, "body": DEFAULT_BODY}.get(name, f"example {name}".strip())
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return False
+    return None
+
+
+def default_responder(body: dict[str, Any]) -> dict[str, Any]:
+    """Fill the requested schema; without one, answer the subject/body pair anyway."""
+    schema = request_schema(body)
+    if schema is None:
+        return {"subject": DEFAULT_SUBJECT, "body": DEFAULT_BODY}
+    sample = sample_for_schema(schema)
+    return sample if isinstance(sample, dict) else {"value": sample}
+
+
+def _error_body(status: int, message: str | None = None) -> dict[str, Any]:
+    """OpenAI's error envelope, with the type and code the real API uses for each status."""
+    kind, code, default = {
+        400: ("invalid_request_error", None, "Bad request."),
+        401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+        403: ("invalid_request_error", "unsupported_country_region_territory", "Country not supported."),
+        404: ("invalid_request_error", None, "Not found."),
+        429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again shortly."),
+        500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
+        503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    }.get(status, ("server_error" if status >= 500 else "invalid_request_error", None, f"HTTP {status}."))
+    return {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
+
+
+def _text_of(content: Any) -> str:
+    """Text inside a message's content: a string, or a list of parts with ``text``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_text_of(part.get("text") or part.get("content")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _count_tokens(text: str) -> int:
+    return max(1, len(text) // 4)  # rough: about four characters a token
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads the whole request, hands it to the fake, writes its JSON reply (HTTP/1.1, keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every answer.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            status, payload, headers = self.server.app(self.command, self.path, self.headers, raw)
+        except Exception as error:  # a bug in the fake: answer plainly instead of dropping the connection
+            status, payload, headers = 500, _error_body(500, f"FakeOpenAI crashed: {error!r}"), {}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many concurrent AsyncOpenAI requests must not be refused at connect
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop kept-alive client connections so a stopped fake really stops answering."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class FakeOpenAI:
+    """OpenAI's chat-completions and responses endpoints on a random local port. See the module docstring."""
+
+    def __init__(self, api_key: str | None = None, responder: Responder | None = None) -> None:
+        # None: any non-empty bearer key is accepted; otherwise exactly this one.
+        self.api_key = api_key
+        # Called with each request body (outside the lock); swap it per test.
+        self.responder: Responder = responder or default_responder
+        # Seconds to sleep before answering each request.
+        self.latency_s: float = 0.0
+        self._lock = threading.Lock()
+        self._calls: list[tuple[str, Any]] = []
+        self._faults: list[tuple[int, float | None]] = []
+        self._invalid_json = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAI:
+        if self._server is None:
+            self._server = _Server(self._handle)
+            # A short poll interval keeps stop() quick: shutdown() waits for the loop's next poll.
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.02,), name="FakeOpenAI", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Root URL without a trailing slash; give the SDK ``base_url=fake.url + "/v1"``."""
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not running; call start() or use it as a context manager")
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # -- recorded state and fault injection ----------------------------------------------------
+
+    @property
+    def calls(self) -> list[tuple[str, Any]]:
+        """Every request received, as (path, parsed JSON body or None), failed ones included."""
+        with self._lock:
+            return list(self._calls)
+
+    @property
+    def call_count(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+    def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
+        """Answer the next ``times`` requests with HTTP ``status`` in OpenAI's error shape.
+
+        ``retry_after`` (seconds, fractions allowed: the SDK parses floats) is sent as ``retry-after``.
+        """
+        with self._lock:
+            self._faults.extend([(status, retry_after)] * times)
+
+    def invalid_json_next(self, times: int = 1) -> None:
+        """The next ``times`` answers carry text that is not valid JSON (so not valid for any schema)."""
+        with self._lock:
+            self._invalid_json += times
+
+    def reset(self) -> None:
+        """Forget recorded calls and pending faults (responder, latency and key are kept)."""
+        with self._lock:
+            self._calls.clear()
+            self._faults.clear()
+            self._invalid_json = 0
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _handle(self, method: str, target: str, headers: Message, raw: bytes) -> Reply:
+        path = urlsplit(target).path.rstrip("/")
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+            invalid = True
+        else:
+            invalid = False
+        with self._lock:
+            self._calls.append((path, body))
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+        if fault is not None:
+            status, retry_after = fault
+            extra = {} if retry_after is None else {"retry-after": f"{retry_after:g}"}
+            return status, _error_body(status), extra
+
+        scheme, _, key = (headers.get("Authorization") or "").partition(" ")
+        if scheme != "Bearer" or not key.strip() or (self.api_key is not None and key != self.api_key):
+            shown = f"{key[:3]}***{key[-4:]}" if len(key) > 8 else "***"
+            return 401, _error_body(401, f"Incorrect API key provided: {shown}."), {}
+
+        endpoints = {"/v1/chat/completions": self._chat_completion, "/v1/responses": self._response}
+        if method != "POST" or path not in endpoints:
+            return 404, _error_body(404, f"Invalid URL ({method} {path})"), {}
+        if invalid:
+            return 400, _error_body(400, "We could not parse the JSON body of your request."), {}
+        if not isinstance(body, dict):
+            return 400, _error_body(400, "The request body must be a JSON object."), {}
+        if not body.get("model"):
+            return 400, _error_body(400, "you must provide a model parameter"), {}
+        return endpoints[path](body)
+
+    def _answer_text(self, body: dict[str, Any]) -> str:
+        with self._lock:
+            broken = self._invalid_json > 0
+            if broken:
+                self._invalid_json -= 1
+        if broken:
+            return INVALID_JSON_TEXT
+        answer = self.responder(body)
+        return answer if isinstance(answer, str) else json.dumps(answer)
+
+    def _chat_completion(self, body: dict[str, Any]) -> Reply:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            error = _error_body(400, "Missing required parameter: 'messages'.")
+            error["error"].update(param="messages", code="missing_required_parameter")
+            return 400, error, {}
+        prompt_tokens = _count_tokens("".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict)))
+        choices = []
+        for index in range(int(body.get("n") or 1)):
+            text = self._answer_text(body)
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            )
+        completion_tokens = sum(_count_tokens(choice["message"]["content"]) for choice in choices)
+        completion = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+        return 200, completion, {"x-request-id": f"req_{uuid.uuid4().hex}"}
+
+    def _response(self, body: dict[str, Any]) -> Reply:
+        items = body.get("input")
+        if isinstance(items, str):
+            prompt = items
+        elif isinstance(items, list):
+            prompt = "".join(_text_of(item.get("content")) for item in items if isinstance(item, dict))
+        else:
+            error = _error_body(400, "Missing required parameter: 'input'.")
+            error["error"].update(param="input", code="missing_required_parameter")
+            return 400, error, {}
+        input_tokens = _count_tokens(str(body.get("instructions") or "") + prompt)
+        text = self._answer_text(body)
+        output_tokens = _count_tokens(text)
+        now = int(time.time())
+        response = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": now,
+            "completed_at": now,
+            "status": "completed",
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body["model"],
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+                }
+            ],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+            "user": None,
+            "metadata": body.get("metadata") or {},
+        }
+        return 200, response, {"x-request-id": f"req_{uuid.uuid4().hex}"}
