@@ -194,10 +194,28 @@ def launch_problems(session: Session, campaign: Campaign) -> list[str]:
     fields = set(lead_fields(session, campaign))
     for template in templates:
         for placeholder in find_placeholders(template.subject + "\n" + template.body):
-            if placeholder.fallback is None and placeholder.name not in fields:
+            if placeholder.fallback is not None:
+                continue
+            if placeholder.name not in fields:
                 problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}}, "
                                 "which the leads do not have; add a fallback like {{name|...}}.")
+            elif placeholder.name in NULLABLE_LEAD_COLUMNS:
+                lacking = _leads_without(session, campaign, placeholder.name)
+                if lacking:
+                    problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}} "
+                                    f"but {lacking} lead(s) have no {placeholder.name}; add a fallback like "
+                                    f"{{{{{placeholder.name}|there}}}}.")
     return problems
+
+
+NULLABLE_LEAD_COLUMNS = ("first_name", "last_name", "company", "title")
+
+
+def _leads_without(session: Session, campaign: Campaign, column: str) -> int:
+    value = getattr(Lead, column)
+    return session.scalar(select(func.count()).where(
+        Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, (value.is_(None)) | (value == "")
+    )) or 0
 
 
 def _transition(campaign: Campaign, allowed_from: set[CampaignStatus], to: CampaignStatus, verb: str) -> None:

@@ -27,7 +27,8 @@ def schedule_first_jobs(session: Session, campaign: Campaign, now: datetime) -> 
     statement = insert_ignoring_conflicts(session, EmailJob, ["lead_id", "step_number"]).from_select(
         ["campaign_id", "lead_id", "step_number", "due_at", "status", "attempts", "created_at"], eligible
     )
-    return session.execute(statement).rowcount or 0
+    # SQLAlchemy keeps an INSERT's row count only when asked (preserve_rowcount).
+    return session.connection().execute(statement.execution_options(preserve_rowcount=True)).rowcount
 
 
 def schedule_next_step(session: Session, campaign: Campaign, job: EmailJob, sent_at: datetime) -> EmailJob | None:
