@@ -11,7 +11,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +63,15 @@ class Settings(BaseSettings):
     send_partition_minutes: int = 5
     send_partitions_start: str = "2026-11-01"
 
+    @field_validator("outbox_dir", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _fill_local_defaults(self) -> Settings:
+        # Absolute, so the API, the Dagster daemon and its run workers agree whatever their cwd.
+        self.data_dir = self.data_dir.resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'outreach.db'}"
         if self.outbox_dir is None:
