@@ -22,23 +22,18 @@ Only the standard library is used; the server runs in a background thread on 127
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.fakes._server import App, LocalHTTPServer, Reply  # noqa: F401  (App, Reply: kept importable here)
+
 # The body of a request -> the object to serialise as the answer's text (a str is sent verbatim).
 Responder = Callable[[dict[str, Any]], "dict[str, Any] | str"]
-# (HTTP status, JSON body, extra headers)
-Reply = tuple[int, Any, dict[str, str]]
-App = Callable[[str, str, Message, bytes], Reply]
 
 DEFAULT_SUBJECT = "Quick question, {{first_name}}"
 DEFAULT_BODY = (
@@ -140,76 +135,11 @@ def _count_tokens(text: str) -> int:
     return max(1, len(text) // 4)  # rough: about four characters a token
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Reads the whole request, hands it to the fake, writes its JSON reply (HTTP/1.1, keep-alive)."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every answer.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            status, payload, headers = self.server.app(self.command, self.path, self.headers, raw)
-        except Exception as error:  # a bug in the fake: answer plainly instead of dropping the connection
-            status, payload, headers = 500, _error_body(500, f"FakeOpenAI crashed: {error!r}"), {}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # many concurrent AsyncOpenAI requests must not be refused at connect
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Drop kept-alive client connections so a stopped fake really stops answering."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class FakeOpenAI:
+class FakeOpenAI(LocalHTTPServer):
     """OpenAI's chat-completions and responses endpoints on a random local port. See the module docstring."""
 
     def __init__(self, api_key: str | None = None, responder: Responder | None = None) -> None:
+        super().__init__()
         # None: any non-empty bearer key is accepted; otherwise exactly this one.
         self.api_key = api_key
         # Called with each request body (outside the lock); swap it per test.
@@ -220,45 +150,14 @@ class FakeOpenAI:
         self._calls: list[tuple[str, Any]] = []
         self._faults: list[tuple[int, float | None]] = []
         self._invalid_json = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- how answers are written (every answer, errors included, is JSON) ------------------------
 
-    def start(self) -> FakeOpenAI:
-        if self._server is None:
-            self._server = _Server(self._handle)
-            # A short poll interval keeps stop() quick: shutdown() waits for the loop's next poll.
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.02,), name="FakeOpenAI", daemon=True
-            )
-            self._thread.start()
-        return self
+    def _crash_reply(self, error: Exception) -> Reply:
+        return 500, _error_body(500, f"{type(self).__name__} crashed: {error!r}"), {}
 
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Root URL without a trailing slash; give the SDK ``base_url=fake.url + "/v1"``."""
-        if self._server is None:
-            raise RuntimeError("FakeOpenAI is not running; call start() or use it as a context manager")
-        return f"http://127.0.0.1:{self._server.server_port}"
+    def _encode(self, payload: Any) -> tuple[bytes, str]:
+        return json.dumps(payload).encode(), "application/json"
 
     # -- recorded state and fault injection ----------------------------------------------------
 

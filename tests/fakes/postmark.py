@@ -23,19 +23,17 @@ Only the standard library is used; the server runs in a background thread on 127
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.message import Message
 from email.utils import getaddresses
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes._server import App, LocalHTTPServer, Reply  # noqa: F401  (App, Reply: kept importable here)
 
 # Postmark API error codes (https://postmarkapp.com/developer/api/overview#error-codes).
 BAD_SERVER_TOKEN = 10
@@ -57,10 +55,6 @@ BAD_TOKEN_MESSAGE = (
     "The Server Token you provided in the X-Postmark-Server-Token request header was invalid. "
     "Please verify that you are using a valid token."
 )
-
-# (HTTP status, JSON body or raw text, extra headers)
-Reply = tuple[int, Any, dict[str, str]]
-App = Callable[[str, str, Message, bytes], Reply]
 
 
 def _error(code: int, message: str, status: int = 422) -> Reply:
@@ -104,79 +98,11 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Reads the whole request, hands it to the fake, writes its reply (HTTP/1.1, keep-alive)."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every answer.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            status, payload, headers = self.server.app(self.command, self.path, self.headers, raw)
-        except Exception as error:  # a bug in the fake: answer plainly instead of dropping the connection
-            status, payload, headers = 500, f"FakePostmark crashed: {error!r}", {}
-        if isinstance(payload, str):
-            data, content_type = payload.encode(), "text/plain; charset=utf-8"
-        else:
-            data, content_type = json.dumps(payload).encode(), "application/json; charset=utf-8"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Drop kept-alive client connections so a stopped fake really stops answering."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class FakePostmark:
+class FakePostmark(LocalHTTPServer):
     """Postmark's send and outbound-search API on a random local port. See the module docstring."""
 
     def __init__(self, server_token: str = "test-token") -> None:
+        super().__init__()
         self.server_token = server_token
         # Recipients that answer ErrorCode 406, compared case-insensitively. Mutate freely.
         self.inactive_recipients: set[str] = set()
@@ -188,45 +114,6 @@ class FakePostmark:
         self._requests = 0
         self._batches: list[int] = []
         self._faults: list[tuple[int, Any]] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    def start(self) -> FakePostmark:
-        if self._server is None:
-            self._server = _Server(self._handle)
-            # A short poll interval keeps stop() quick: shutdown() waits for the loop's next poll.
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.02,), name="FakePostmark", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.close_connections()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakePostmark:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Root URL without a trailing slash, for ``PostmarkClient(root_api_url=...)``."""
-        if self._server is None:
-            raise RuntimeError("FakePostmark is not running; call start() or use it as a context manager")
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     # -- recorded state and fault injection ----------------------------------------------------
 
