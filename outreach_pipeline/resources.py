@@ -1,13 +1,16 @@
 """Dagster resources: thin, configurable handles on the database, mail, writer and bucket."""
 
 import os
+from datetime import timedelta
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr
 from sqlalchemy.orm import Session, sessionmaker
 
-from outreach_pipeline.bucket import LocalBucket
+from outreach_pipeline.bucket import LeadBucket, open_bucket
 from outreach_pipeline.core.compose import SenderConfig
+from outreach_pipeline.core.delivery import SendPolicy
+from outreach_pipeline.core.generation_stats import Prices
 from outreach_pipeline.db.session import create_db_engine, make_session_factory
 from outreach_pipeline.llm.brief import TemplateWriter
 from outreach_pipeline.llm.factory import build_writer
@@ -46,6 +49,11 @@ class MailResource(ConfigurableResource):
     from_email: str = "outreach@localhost"
     inbound_domain: str = "inbound.localhost"
     app_base_url: str = "http://localhost:8000"
+    batch_size: int = 500
+    concurrency: int = 4
+    max_retries: int = 4
+    backoff_base_s: float = 1.0
+    lease_minutes: float = 15
 
     def mailer(self) -> Mailer:
         return build_mailer(self.backend, outbox_dir=self.outbox_dir, postmark_server_token=self.postmark_server_token,
@@ -55,6 +63,10 @@ class MailResource(ConfigurableResource):
     def sender_config(self) -> SenderConfig:
         return SenderConfig(self.from_email, self.inbound_domain, self.app_base_url)
 
+    def send_policy(self) -> SendPolicy:
+        return SendPolicy(batch_size=self.batch_size, concurrency=self.concurrency, max_retries=self.max_retries,
+                          backoff_base_s=self.backoff_base_s, lease=timedelta(minutes=self.lease_minutes))
+
 
 class TemplateWriterResource(ConfigurableResource):
     """Any OpenAI-compatible endpoint, or the offline writer."""
@@ -63,16 +75,30 @@ class TemplateWriterResource(ConfigurableResource):
     api_key: str = ""
     base_url: str = ""
     model: str = "gpt-4o-mini"
+    api_style: str = "chat"  # chat | responses
+    max_retries: int = 4
+    concurrency: int = 16  # opener requests in flight at once
+    batch_api: bool = False  # openers through OpenAI's Batch API
+    input_price_per_mtok: float = 0.15
+    output_price_per_mtok: float = 0.60
 
     def writer(self) -> TemplateWriter:
-        return build_writer(self.backend, api_key=self.api_key, base_url=self.base_url, model=self.model)
+        return build_writer(self.backend, api_key=self.api_key, base_url=self.base_url, model=self.model,
+                            api_style=self.api_style, max_retries=self.max_retries)
+
+    def prices(self) -> Prices:
+        return Prices(self.input_price_per_mtok, self.output_price_per_mtok)
 
 
 class LeadsBucketResource(ConfigurableResource):
-    path: str
+    """A local folder, or `s3://bucket/prefix` (credentials from boto3's usual chain)."""
 
-    def bucket(self) -> LocalBucket:
-        return LocalBucket(self.path)
+    path: str
+    # An S3-protocol endpoint other than AWS (MinIO, a test server); empty: AWS_ENDPOINT_URL or AWS itself.
+    endpoint_url: str = ""
+
+    def bucket(self) -> LeadBucket:
+        return open_bucket(self.path, self.endpoint_url)
 
 
 def _secret(name: str, value: str) -> str | EnvVar:
@@ -93,12 +119,23 @@ def resources_from_settings(settings: Settings) -> dict[str, ConfigurableResourc
             from_email=settings.from_email,
             inbound_domain=settings.postmark_inbound_domain,
             app_base_url=settings.app_base_url,
+            batch_size=settings.send_batch_size,
+            concurrency=settings.send_concurrency,
+            max_retries=settings.send_max_retries,
+            backoff_base_s=settings.send_backoff_base_s,
+            lease_minutes=settings.send_lease_minutes,
         ),
         "writer": TemplateWriterResource(
             backend="openai" if settings.uses_openai else "offline",
             api_key=_secret("OPENAI_API_KEY", settings.openai_api_key),
             base_url=settings.openai_base_url,
             model=settings.openai_model,
+            api_style=settings.openai_api_style.value,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+            batch_api=settings.llm_batch_api,
+            input_price_per_mtok=settings.llm_input_price_per_mtok,
+            output_price_per_mtok=settings.llm_output_price_per_mtok,
         ),
         "bucket": LeadsBucketResource(path=settings.leads_bucket),
     }

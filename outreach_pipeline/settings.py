@@ -29,6 +29,11 @@ class LlmBackend(StrEnum):
     OFFLINE = "offline"
 
 
+class OpenAIApiStyle(StrEnum):
+    CHAT = "chat"  # Chat Completions: OpenAI, Azure, and local servers (Ollama, vLLM, llama.cpp)
+    RESPONSES = "responses"  # the Responses API: OpenAI and Azure OpenAI
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -38,6 +43,17 @@ class Settings(BaseSettings):
     secret_key: str = ""
     jwt_ttl_hours: int = 24 * 7
     magic_link_ttl_minutes: int = 15
+    # Sign-in rate limits: requests per minute from one client, magic links per hour for one address.
+    auth_rate_limit_per_client: int = Field(20, ge=1)
+    auth_rate_limit_per_address: int = Field(5, ge=1)
+    # Comma-separated proxy addresses or networks whose client-address header is believed (none by default).
+    trusted_proxies: str = ""
+    client_ip_header: str = "X-Forwarded-For"
+    # Largest JSON body the API reads (bytes); CSV uploads and webhooks have their own limits.
+    max_request_body_bytes: int = Field(2_000_000, ge=1024)
+    # Database connections per API worker; handler threads are capped to match, so a burst queues for a
+    # thread instead of timing out waiting for a connection.
+    api_db_pool_size: int = Field(20, ge=1, le=500)
 
     app_base_url: str = "http://localhost:8000"
     frontend_url: str = "http://localhost:8000"
@@ -54,12 +70,32 @@ class Settings(BaseSettings):
     openai_api_key: str = ""
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
+    openai_api_style: OpenAIApiStyle = OpenAIApiStyle.CHAT
+    # Batch generation (per-lead openers): requests in flight at once, and SDK retries per request
+    # (429 honours retry-after, 5xx and timeouts back off exponentially).
+    llm_concurrency: int = Field(16, ge=1, le=500)
+    llm_max_retries: int = Field(4, ge=0, le=10)
+    # Per-lead openers through OpenAI's Batch API (half the price, answered within 24 h) instead of live calls.
+    llm_batch_api: bool = False
+    # Estimated cost in US dollars per million tokens (defaults: gpt-4o-mini list prices).
+    llm_input_price_per_mtok: float = 0.15
+    llm_output_price_per_mtok: float = 0.60
 
     webhook_username: str = "postmark"
     webhook_password: str = ""
 
     leads_bucket: str = ""
     send_batch_size: int = 500
+    # Batches in flight at once per send run (each on its own connection to the provider).
+    send_concurrency: int = Field(4, ge=1, le=32)
+    # Whole-batch retries on 429 / 5xx / refused connections, backing off base*2^n seconds with jitter.
+    send_max_retries: int = Field(4, ge=0, le=10)
+    send_backoff_base_s: float = Field(1.0, ge=0)
+    # A job SENDING longer than this belongs to a crashed run and is reconciled with the provider.
+    send_lease_minutes: float = Field(15, gt=0)
+    # Campaign auto-pause: hard-bounce rate above this once at least `bounce_pause_min_sent` were sent.
+    bounce_pause_rate: float = Field(0.05, ge=0, le=1)
+    bounce_pause_min_sent: int = Field(50, ge=1)
     send_partition_minutes: int = 5
     send_partitions_start: str = "2026-11-01"
 

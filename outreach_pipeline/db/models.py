@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from outreach_pipeline.db.base import Base, utcnow
+from outreach_pipeline.db.base import Base, JsonType, utcnow
 
 
 class CampaignStatus(StrEnum):
@@ -85,6 +85,14 @@ class Campaign(Base):
     window_end_hour: Mapped[int] = mapped_column(default=24)
     send_days: Mapped[str] = mapped_column(String(7), default="0123456")  # Monday=0
     daily_cap: Mapped[int] = mapped_column(default=500)
+    # Seconds between two sends of this campaign, drawn at random in [gap, 2*gap]; 0 sends back to back.
+    send_gap_seconds: Mapped[int] = mapped_column(default=0)
+    # Printed under every email when set (CAN-SPAM asks for a postal address).
+    postal_address: Mapped[str | None] = mapped_column(Text)
+    # Why the campaign paused itself (hard-bounce rate), shown in its stats; None when paused by a person.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    # The earliest moment the next send of this campaign may go (send_gap_seconds).
+    next_send_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     launched_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -165,8 +173,68 @@ class Template(Base):
     model: Mapped[str | None] = mapped_column(String(100))
     prompt_tokens: Mapped[int] = mapped_column(default=0)
     completion_tokens: Mapped[int] = mapped_column(default=0)
+    # Optional HTML version written by the model; the plain-text body stays the reference.
+    html_body: Mapped[str | None] = mapped_column(Text)
+    # The PROMPT_VERSION of outreach_pipeline/llm/prompts.py that wrote it (None when hand-written).
+    prompt_version: Mapped[str | None] = mapped_column(String(32))
+    # Lint warnings (spam words, shouting) found when saved: shown to people, never a refusal.
+    warnings: Mapped[list[str]] = mapped_column(JsonType, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LeadOpener(Base):
+    """The AI-written opening line of one lead (`{{ai_opener}}`); FAILED ones are retried on the next run."""
+
+    __tablename__ = "lead_openers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), unique=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # READY | FAILED | BATCHED (waiting in a Batch API job)
+    text: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # openai | offline
+    model: Mapped[str | None] = mapped_column(String(100))
+    prompt_version: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LlmBatch(Base):
+    """A job handed to OpenAI's Batch API (half price, answered within 24 h); collected when finished."""
+
+    __tablename__ = "llm_batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    provider_batch_id: Mapped[str] = mapped_column(String(100), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # SUBMITTED | COMPLETED | FAILED
+    api_style: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(100))
+    # custom_id (the answer-cache key of the request) -> the lead ids it answers
+    requests: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class LlmCacheEntry(Base):
+    """A validated model answer, keyed by a hash of model + prompt version + inputs: asked again, it is free."""
+
+    __tablename__ = "llm_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    kind: Mapped[str] = mapped_column(String(16))  # template | opener
+    model: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[str] = mapped_column(String(32))
+    answer: Mapped[dict[str, Any]]
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EmailJob(Base):
@@ -174,6 +242,9 @@ class EmailJob(Base):
     __table_args__ = (
         UniqueConstraint("lead_id", "step_number"),
         Index("ix_email_jobs_status_due_at", "status", "due_at"),
+        # The claim (per campaign, follow-ups then first emails, oldest due first) and the daily-cap count.
+        Index("ix_email_jobs_claim", "campaign_id", "status", "step_number", "due_at"),
+        Index("ix_email_jobs_sent_today", "campaign_id", "status", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -186,10 +257,15 @@ class EmailJob(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
-    message_id_header: Mapped[str | None] = mapped_column(String(300))
+    # Indexed: an inbound reply is matched to the email it answers by its In-Reply-To/References.
+    message_id_header: Mapped[str | None] = mapped_column(String(300), index=True)
     subject: Mapped[str | None] = mapped_column(String(300))
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+    # When a sender took the job (PENDING -> SENDING); a SENDING job older than the lease is reconciled.
+    claimed_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     lead: Mapped[Lead] = relationship()
@@ -206,6 +282,16 @@ class Suppression(Base):
     email: Mapped[str] = mapped_column(String(320))  # lower-cased
     reason: Mapped[str] = mapped_column(String(32))  # bounce | complaint | unsubscribe | manual | inactive
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SenderLimit(Base):
+    """A daily cap on one sender address, across every campaign that sends from it."""
+
+    __tablename__ = "sender_limits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
+    daily_cap: Mapped[int]
 
 
 class WebhookEvent(Base):
