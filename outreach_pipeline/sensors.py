@@ -1,4 +1,5 @@
-"""The bucket sensor: one run per file version; the run key carries path, size and mtime."""
+"""The bucket sensor: one run per file version; the run key carries the path and the version
+(size and mtime in a local folder, the ETag on S3), so a re-upload with new content runs again."""
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 

@@ -15,7 +15,7 @@ from dagster_pandera import pandera_schema_to_dagster_type
 from outreach_pipeline.bucket import campaign_of
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.lead_schema import LEAD_ROW_SCHEMA
-from outreach_pipeline.core.leads import import_leads_csv
+from outreach_pipeline.core.leads import ImportReport, import_leads_csv
 from outreach_pipeline.db.models import Campaign
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.resources import DatabaseResource, LeadsBucketResource
@@ -37,28 +37,35 @@ def lead_file_import(
 ) -> MaterializeResult:
     key = context.partition_key
     files = bucket.bucket()
-    path = files.locate(key)
     started = time.monotonic()
     with session_scope(database.session_factory()) as session:
         campaign = session.get(Campaign, campaign_of(key))
         if campaign is None:
             raise Failure(f"{key}: there is no campaign {campaign_of(key)}; put the file under an existing campaign id.")
         try:
-            with path.open("rb") as stream:
+            with files.open(key) as stream:
                 report = import_leads_csv(session, campaign, stream, source=f"bucket:{key}",
-                                          rejects_path=files.rejects_path(key))
+                                          rejects_path=files.rejects_target(key))
+        except FileNotFoundError as error:
+            raise Failure(f"{key}: the file is gone from the bucket ({error}).") from error
         except InvalidInputError as error:
-            files.mark_processed(key)
-            raise Failure(f"{key}: {error.message}", metadata={"import_id": (error.details or {}).get("import_id")})
+            files.mark_processed(key)  # moved aside so the sensor does not offer it again
+            raise Failure(f"{key}: {error.message}",
+                          metadata={"import_id": (error.details or {}).get("import_id")}) from error
     files.mark_processed(key)
     context.log.info(f"{key}: {report.stored} stored, {report.rejected} rejected of {report.rows_read} rows")
-    return MaterializeResult(metadata={
-        "campaign_id": campaign_of(key),
+    return MaterializeResult(metadata=import_metadata(report, campaign_of(key), time.monotonic() - started))
+
+
+def import_metadata(report: ImportReport, campaign_id: int, seconds: float) -> dict[str, object]:
+    """What the Dagster UI shows for an import; the asset checks read it back."""
+    return {
+        "campaign_id": campaign_id,
         "import_id": report.import_id,
         "rows_read": report.rows_read,
         "stored": report.stored,
         "rejected": report.rejected,
         "rejected_by_reason": MetadataValue.json(dict(report.reasons)),
         "rejects_report": MetadataValue.path(report.rejects_path) if report.rejects_path else None,
-        "duration_s": round(time.monotonic() - started, 3),
-    })
+        "duration_s": round(seconds, 3),
+    }

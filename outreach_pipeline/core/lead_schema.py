@@ -48,6 +48,11 @@ EMAIL_PATTERN = (
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 INVALID_EMAIL = "invalid email"
+CONTROL_CHARACTERS = "control characters"
+# Standard fields land in greetings and subject lines: no control character at all, not even a line break.
+_NO_CONTROL_AT_ALL = r"^[^\x00-\x1f\x7f]*$"
+# Custom fields may hold line breaks and tabs (an address, a note), never other control characters.
+_CONTROL_IN_CUSTOM = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -61,8 +66,23 @@ def canonical_header(header: str) -> str:
 
 
 def _optional_text(field: str) -> pa.Column:
-    return pa.Column(str, pa.Check.str_length(max_value=MAX_LENGTHS[field], error=f"too long: {field}"),
-                     nullable=True, required=False)
+    return pa.Column(
+        str,
+        [
+            pa.Check.str_length(max_value=MAX_LENGTHS[field], error=f"too long: {field}"),
+            pa.Check.str_matches(_NO_CONTROL_AT_ALL, error=f"{CONTROL_CHARACTERS}: {field}"),
+        ],
+        nullable=True, required=False,
+    )
+
+
+def _custom_fields_have_no_control_characters(frame: pd.DataFrame) -> pd.Series:
+    """Row-wise: True where no custom column holds a control character other than tab or a line break."""
+    clean = pd.Series(True, index=frame.index)
+    for column in frame.columns:
+        if column not in STANDARD_FIELDS:
+            clean &= ~frame[column].str.contains(_CONTROL_IN_CUSTOM, regex=True).fillna(False).astype(bool)
+    return clean
 
 
 LEAD_ROW_SCHEMA = pa.DataFrameSchema(
@@ -77,6 +97,7 @@ LEAD_ROW_SCHEMA = pa.DataFrameSchema(
         ),
         **{field: _optional_text(field) for field in STANDARD_FIELDS if field != "email"},
     },
+    checks=[pa.Check(_custom_fields_have_no_control_characters, error=CONTROL_CHARACTERS)],
     name="LeadRow",
     description="A lead as stored: a syntactically valid email, optional names, company, title and timezone.",
     strict=False,

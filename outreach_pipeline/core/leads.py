@@ -1,35 +1,41 @@
 """Lead ingestion: one path for CSV files (bucket and upload), JSON rows and copies between campaigns.
 
 Every row ends in exactly one place: stored, or rejected with its line number and a reason.
+Reading files is `lead_file`, the row rules are `lead_schema`, storing is `lead_store`, the report
+of refused rows is `rejects`; this module runs an import through them, chunk by chunk.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import secrets
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.core.lead_file import RecordChunk, open_lead_file
 from outreach_pipeline.core.lead_schema import (
     LEAD_ROW_SCHEMA,
     STANDARD_FIELDS,
     canonical_header,
     failure_reasons,
 )
+from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for, new_reply_token
+from outreach_pipeline.core.prefetch import prefetched
+from outreach_pipeline.core.rejects import LocalRejects, RejectsTarget, RejectsWriter, spreadsheet_safe
 from outreach_pipeline.db.base import utcnow
-from outreach_pipeline.db.dialect import insert_ignoring_conflicts
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
@@ -37,14 +43,24 @@ from outreach_pipeline.db.models import (
     Lead,
     LeadImport,
     LeadStatus,
-    Suppression,
 )
+
+__all__ = ["ImportReport", "RejectedRow", "add_leads", "copy_leads", "import_leads_csv", "lead_fields",
+           "list_leads", "new_reply_token", "normalise_email", "spreadsheet_safe"]
 
 CHUNK_ROWS = 50_000
 REJECTS_KEPT_IN_REPORT = 100
-SNIFF_BYTES = 64 * 1024
-# Cells starting with these run as formulas in spreadsheets.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Arrow-backed strings: stripping, lower-casing and the schema's regexes run in C++, not row by row.
+_TEXT_TYPE = pyarrow.large_string()  # what pandas' Arrow strings hold
+_NULL_TEXT = pyarrow.scalar(None, _TEXT_TYPE)
+_AT = pyarrow.scalar("@", _TEXT_TYPE)
+DUPLICATE_IN_FILE = "duplicate in file"
+TOO_MANY_COLUMNS = "too many columns"
+NO_EMAIL_COLUMN = (
+    "No email column found. Name one of the columns 'email', 'Email Address', 'E-mail' or 'Work Email'."
+)
+# Internal column beside the row's fields; canonical header names never start with '_' so never clash.
+_KEY = "email_key"
 
 
 @dataclass
@@ -65,232 +81,198 @@ class ImportReport:
     rejects_path: str | None = None
 
 
-def new_reply_token() -> str:
-    return secrets.token_hex(12)
-
-
 def normalise_email(raw: str) -> str:
     """Trim and lower-case the domain; the local part keeps its case (some servers care)."""
     local, at, domain = raw.strip().rpartition("@")
     return f"{local}@{domain.lower()}" if at else raw.strip()
 
 
-def spreadsheet_safe(value: str) -> str:
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+# --- from records to frames -----------------------------------------------------------------------
 
 
-# --- reading files ---------------------------------------------------------------------------
-
-
-def _detect_encoding(sample: bytes) -> str:
-    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "utf-16"
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as error:
-        if error.start < len(sample) - 4:  # not just a character cut by the sample's end
-            return "cp1252"
-    return "utf-8-sig"
-
-
-def _detect_delimiter(text_sample: str) -> str:
-    try:
-        return csv.Sniffer().sniff(text_sample.split("\n", 1)[0], delimiters=",;\t|").delimiter
-    except csv.Error:
-        return ","
-
-
-def read_lead_chunks(stream: BinaryIO, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """Read a CSV in chunks of strings with our canonical column names."""
-    sample = stream.read(SNIFF_BYTES)
-    stream.seek(0)
-    if not sample.strip():
-        raise InvalidInputError("The file is empty.")
-    if b"\x00" in sample and not sample.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InvalidInputError("This is not a CSV file (it contains binary data).")
-    encoding = _detect_encoding(sample)
-    delimiter = _detect_delimiter(sample.decode(encoding, errors="replace"))
-    try:
-        reader = pd.read_csv(
-            stream, sep=delimiter, encoding=encoding, dtype=str, keep_default_na=False,
-            chunksize=chunk_rows, skip_blank_lines=True, on_bad_lines="warn",
-        )
-        for chunk in reader:
-            yield chunk
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise InvalidInputError(f"The file could not be read as CSV: {error}") from error
-
-
-def _canonical_frame(raw: pd.DataFrame) -> pd.DataFrame:
-    columns: dict[str, pd.Series] = {}
-    for header in raw.columns:
-        name = canonical_header(header)
-        if str(header).startswith("Unnamed:") and (raw[header].str.strip() == "").all():
-            continue  # trailing empty columns that spreadsheets add
-        if name in columns:
-            if name == "email" or name in STANDARD_FIELDS:
+def column_plan(headers: list[str]) -> list[tuple[int, str]]:
+    """(position, field name) of each kept column: our fields by their usual spellings, the rest custom."""
+    plan: list[tuple[int, str]] = []
+    taken = {_KEY}
+    for index, header in enumerate(headers):
+        name = canonical_header(header) if header.strip() else f"column_{index + 1}"
+        if name in taken:
+            if name in STANDARD_FIELDS:
                 continue  # the first column of a spelling wins (Apollo has "Company" and "Company Name ...")
-            name = f"{name}_{len(columns)}"
-        columns[name] = raw[header]
-    if "email" not in columns:
-        raise InvalidInputError(
-            "No email column found. Name one of the columns 'email', 'Email Address', 'E-mail' or 'Work Email'."
-        )
-    return pd.DataFrame(columns)
+            name = f"{name}_{index + 1}"
+        taken.add(name)
+        plan.append((index, name))
+    if "email" not in taken:
+        raise InvalidInputError(NO_EMAIL_COLUMN)
+    return plan
 
 
-# --- storing rows ----------------------------------------------------------------------------
+def _text(values: Sequence[str | None]) -> pd.arrays.ArrowStringArray:
+    """Trimmed strings, NA for empty cells, built and cleaned in Arrow (C++), not cell by cell in Python."""
+    array = pc.utf8_trim_whitespace(pyarrow.array(values, type=_TEXT_TYPE))
+    return pd.arrays.ArrowStringArray(pc.if_else(pc.equal(array, ""), _NULL_TEXT, array))
+
+
+def _normalised_emails(emails: pd.arrays.ArrowStringArray) -> pd.arrays.ArrowStringArray:
+    """`normalise_email` for a whole column: the domain (after the last '@') lower-cased, the rest kept."""
+    array = pyarrow.array(emails)
+    parts = pc.extract_regex(array, r"^(?P<local>.*)@(?P<domain>[^@]*)$")
+    joined = pc.binary_join_element_wise(pc.struct_field(parts, "local"),
+                                         pc.utf8_lower(pc.struct_field(parts, "domain")), _AT)
+    return pd.arrays.ArrowStringArray(pc.if_else(pc.is_null(parts), array, joined))
+
+
+def _frame(rows: list[list[str]], lines: list[int], plan: list[tuple[int, str]]) -> pd.DataFrame:
+    """A frame of trimmed strings (NA for empty cells) indexed by each record's first file line."""
+    width = max(i for i, _ in plan) + 1
+    columns = list(zip(*rows, strict=True)) if rows else [()] * width
+    data = {name: _text(columns[i]) for i, name in plan}
+    data["email"] = _normalised_emails(data["email"])
+    for name in STANDARD_FIELDS:  # every store and the schema see all our fields, present or not
+        data.setdefault(name, _text([None] * len(lines)))
+    return pd.DataFrame(data, index=pd.Index(lines, name="line"))
+
+
+@dataclass
+class _Batch:
+    frame: pd.DataFrame
+    too_wide: list[tuple[int, str, str]]  # records refused before validation: (line, email, reason)
+
+
+def _file_batches(stream: BinaryIO, chunk_rows: int) -> Iterator[_Batch]:
+    lead_file = open_lead_file(stream, chunk_rows)
+    plan = column_plan(lead_file.headers)
+    email_at = next(i for i, name in plan if name == "email")
+    for chunk in lead_file.chunks:
+        yield _Batch(_frame(chunk.rows, chunk.lines, plan), _too_wide(chunk, email_at))
+
+
+def _too_wide(chunk: RecordChunk, email_at: int) -> list[tuple[int, str, str]]:
+    return [(line, normalise_email(cells[email_at]), TOO_MANY_COLUMNS) for line, cells in chunk.too_wide]
+
+
+def _records_batch(records: list[dict[str, Any]]) -> _Batch:
+    """JSON objects as one batch; "line" is the position, from 1."""
+    headers = list(dict.fromkeys(key for record in records for key in record))
+    rows = [["" if record.get(h) is None else _valid_text(str(record[h])) for h in headers] for record in records]
+    return _Batch(_frame(rows, list(range(1, len(rows) + 1)), column_plan([_valid_text(h) for h in headers])), [])
+
+
+def _valid_text(value: str) -> str:
+    """JSON may carry lone surrogates (\\ud800), which no text column can hold: they become "?"."""
+    return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
+
+
+# --- one import ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checked:
+    """A batch after the row rules: the rows to store (with their key) and those refused already."""
+
+    rows_read: int
+    fresh: pd.DataFrame
+    refused: list[tuple[int, Any, str]]
+
+
+class _RowChecker:
+    """Validates a batch and drops repeats of addresses seen earlier in the file. Touches no database,
+    so it can run a chunk ahead of the store, in another thread."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def check(self, batch: _Batch) -> _Checked:
+        frame = batch.frame
+        refused = list(batch.too_wide)
+        reasons = _schema_reasons(frame)
+        refused += [(line, frame.at[line, "email"], reason) for line, reason in reasons.items()]
+        valid = frame.drop(index=list(reasons))
+
+        keys = valid["email"].str.lower()
+        earlier = np.fromiter((key in self.seen for key in keys), dtype=bool, count=len(keys))
+        repeated = keys.duplicated(keep="first").to_numpy(dtype=bool) | earlier
+        refused += [(line, email, DUPLICATE_IN_FILE) for line, email in valid["email"][repeated].items()]
+        fresh = valid[~repeated].assign(**{_KEY: keys[~repeated]})
+        self.seen.update(fresh[_KEY])
+        return _Checked(len(frame) + len(batch.too_wide), fresh, refused)
 
 
 class _LeadWriter:
-    """Validates, de-duplicates and stores frames of rows for one campaign, counting every row."""
+    """Stores checked batches for one campaign and accounts for every row: stored, or refused with a reason."""
 
-    def __init__(self, session: Session, campaign: Campaign, lead_import: LeadImport, rejects: Path | None) -> None:
-        self.session = session
-        self.campaign = campaign
-        self.lead_import = lead_import
+    def __init__(self, session: Session, campaign: Campaign, lead_import: LeadImport, rejects: RejectsWriter,
+                 now: datetime) -> None:
         self.report = ImportReport(import_id=lead_import.id)
-        self.seen: set[str] = set()
-        self.rejects_path = rejects
-        self._rejects_file: io.TextIOWrapper | None = None
-        self._rejects_writer: Any = None
+        self.rejects = rejects
+        self.store = lead_store_for(session, StoreTarget(campaign.id, campaign.owner_id, lead_import.id, now))
 
-    def add_frame(self, frame: pd.DataFrame, first_line: int) -> None:
-        frame = frame.copy()
-        frame.index = range(first_line, first_line + len(frame))
-        self.report.rows_read += len(frame)
-        for column in frame.columns:
-            frame[column] = frame[column].astype("string").str.strip().replace("", pd.NA)
-        frame["email"] = frame["email"].map(lambda v: normalise_email(v) if isinstance(v, str) else v)
+    def add(self, checked: _Checked) -> None:
+        self.report.rows_read += checked.rows_read
+        result = self.store.store(checked.fresh)
+        self.report.stored += result.stored
+        self._refuse(checked.refused + result.refused)
 
-        reasons = self._schema_reasons(frame)
-        valid = frame.drop(index=list(reasons))
-        for line in list(reasons):
-            self._reject(line, frame.at[line, "email"], reasons[line])
-
-        keys = valid["email"].str.lower()
-        in_file = keys.duplicated(keep="first") | keys.isin(self.seen)
-        for line in valid.index[in_file]:
-            self._reject(line, valid.at[line, "email"], "duplicate in file")
-        valid, keys = valid[~in_file], keys[~in_file]
-        self.seen.update(keys)
-
-        existing = self._existing_keys(list(keys))
-        suppressed = self._suppressed(list(keys))
-        for line, key in keys.items():
-            if key in existing:
-                self._reject(line, valid.at[line, "email"], "already in campaign")
-            elif key in suppressed:
-                self._reject(line, valid.at[line, "email"], "suppressed")
-        keep = ~keys.isin(existing | suppressed)
-        self._insert(valid[keep], keys[keep])
-
-    def _schema_reasons(self, frame: pd.DataFrame) -> dict[int, str]:
-        try:
-            LEAD_ROW_SCHEMA.validate(frame, lazy=True)
-        except pa.errors.SchemaErrors as errors:
-            return failure_reasons(errors.failure_cases)
-        return {}
-
-    def _existing_keys(self, keys: list[str]) -> set[str]:
-        found: set[str] = set()
-        for batch in _batches(keys, 5000):
-            found.update(self.session.scalars(
-                select(Lead.email_key).where(Lead.campaign_id == self.campaign.id, Lead.email_key.in_(batch))
-            ))
-        return found
-
-    def _suppressed(self, keys: list[str]) -> set[str]:
-        found: set[str] = set()
-        for batch in _batches(keys, 5000):
-            found.update(self.session.scalars(
-                select(Suppression.email).where(
-                    Suppression.owner_id == self.campaign.owner_id, Suppression.email.in_(batch)
-                )
-            ))
-        return found
-
-    def _insert(self, rows: pd.DataFrame, keys: pd.Series) -> None:
-        if rows.empty:
-            return
-        custom_columns = [c for c in rows.columns if c not in STANDARD_FIELDS]
-        records = []
-        for (_, row), key in zip(rows.iterrows(), keys, strict=True):
-            custom = {c: row[c] for c in custom_columns if not pd.isna(row[c])}
-            records.append({
-                "campaign_id": self.campaign.id,
-                "email": row["email"],
-                "email_key": key,
-                **{f: (None if pd.isna(row.get(f, pd.NA)) else row[f]) for f in STANDARD_FIELDS if f != "email"},
-                "custom_fields": custom,
-                "status": LeadStatus.PENDING,
-                "reply_token": new_reply_token(),
-                "import_id": self.lead_import.id,
-                "created_at": utcnow(),
-            })
-        statement = insert_ignoring_conflicts(self.session, Lead, ["campaign_id", "email_key"])
-        # RETURNING counts what really landed: a concurrent import may have stored some addresses first.
-        stored = len(self.session.connection().execute(statement.returning(Lead.__table__.c.id), records).all())
-        self.report.stored += stored
-        lost = len(records) - stored
-        if lost:
-            self.report.rejected += lost
-            self.report.reasons["already in campaign"] += lost
-
-    def _reject(self, line: int, email: Any, reason: str) -> None:
-        email_text = "" if email is None or pd.isna(email) else str(email)
-        self.report.rejected += 1
-        self.report.reasons[reason] += 1
-        if len(self.report.first_rejects) < REJECTS_KEPT_IN_REPORT:
-            self.report.first_rejects.append(RejectedRow(line, email_text, reason))
-        if self.rejects_path is not None:
-            if self._rejects_writer is None:
-                self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
-                self._rejects_file = open(self.rejects_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-                self._rejects_writer = csv.writer(self._rejects_file)
-                self._rejects_writer.writerow(["line", "email", "reason"])
-                self.report.rejects_path = str(self.rejects_path)
-            self._rejects_writer.writerow([line, spreadsheet_safe(email_text), reason])
-
-    def close(self) -> None:
-        if self._rejects_file is not None:
-            self._rejects_file.close()
+    def _refuse(self, refused: list[tuple[int, Any, str]]) -> None:
+        rows = sorted((int(line), "" if email is None or pd.isna(email) else str(email), reason)
+                      for line, email, reason in refused)
+        self.report.rejected += len(rows)
+        self.report.reasons.update(reason for _, _, reason in rows)
+        room = REJECTS_KEPT_IN_REPORT - len(self.report.first_rejects)
+        self.report.first_rejects += [RejectedRow(*row) for row in rows[:max(room, 0)]]
+        self.rejects.write(rows)
 
 
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _schema_reasons(frame: pd.DataFrame) -> dict[int, str]:
+    try:
+        LEAD_ROW_SCHEMA.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        return failure_reasons(errors.failure_cases)
+    return {}
+
+
+def _fail(session: Session, campaign: Campaign, source: str, now: datetime, error: InvalidInputError) -> None:
+    """Keep only a FAILED import record, with the message, and point the error at it."""
+    session.rollback()
+    failed = LeadImport(campaign_id=campaign.id, source=source, status=ImportStatus.FAILED,
+                        error=error.message, started_at=now, finished_at=utcnow())
+    session.add(failed)
+    session.commit()
+    error.details = {"import_id": failed.id}
 
 
 def _run_import(
     session: Session,
     campaign: Campaign,
     source: str,
-    frames: Iterable[tuple[pd.DataFrame, int]],
-    rejects_path: Path | None,
+    batches: Iterable[_Batch],
+    rejects: RejectsTarget | None,
     now: datetime,
 ) -> ImportReport:
-    """Store frames for a campaign in one transaction; a failed import leaves only its FAILED record."""
+    """Store batches for a campaign in one transaction: a failed or crashed import leaves no lead behind."""
     lead_import = LeadImport(campaign_id=campaign.id, source=source, started_at=now)
     session.add(lead_import)
     session.flush()
-    writer = _LeadWriter(session, campaign, lead_import, rejects_path)
+    report_file = RejectsWriter(rejects)
     try:
-        for frame, first_line in frames:
-            writer.add_frame(frame, first_line)
+        writer = _LeadWriter(session, campaign, lead_import, report_file, now)
+        checker = _RowChecker()
+        # closing(): a store error ends the reading thread now, not when the generator is collected.
+        with closing(prefetched((checker.check(batch) for batch in batches), name="lead-rows")) as checked_batches:
+            for checked in checked_batches:
+                writer.add(checked)
         if writer.report.rows_read == 0:
             raise InvalidInputError("The file has a header but no rows.")
+        report = writer.report
+        report.rejects_path = report_file.publish()
     except InvalidInputError as error:
-        writer.close()
-        session.rollback()
-        failed = LeadImport(campaign_id=campaign.id, source=source, status=ImportStatus.FAILED,
-                            error=error.message, started_at=now, finished_at=utcnow())
-        session.add(failed)
-        session.commit()
-        error.details = {"import_id": failed.id}
+        report_file.discard()
+        _fail(session, campaign, source, now, error)
         raise
-    writer.close()
-    report = writer.report
+    except BaseException:
+        report_file.discard()
+        session.rollback()
+        raise
     lead_import.status = ImportStatus.COMPLETED
     lead_import.rows_read, lead_import.accepted, lead_import.rejected = report.rows_read, report.stored, report.rejected
     lead_import.rejects_path = report.rejects_path
@@ -306,27 +288,23 @@ def import_leads_csv(
     campaign: Campaign,
     stream: BinaryIO,
     source: str,
-    rejects_path: Path | None = None,
+    rejects_path: Path | RejectsTarget | None = None,
     now: datetime | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> ImportReport:
-    """Ingest a CSV file of leads into a campaign. Commits; raises InvalidInputError for a file that is not a lead list."""
+    """Ingest a CSV file of leads into a campaign. Commits; raises InvalidInputError for a file that is not a lead list.
 
-    def frames() -> Iterator[tuple[pd.DataFrame, int]]:
-        line = 2  # line 1 is the header
-        for chunk in read_lead_chunks(stream, chunk_rows):
-            yield _canonical_frame(chunk), line
-            line += len(chunk)
-
-    return _run_import(session, campaign, source, frames(), rejects_path, now or utcnow())
+    The stream must be seekable: the encoding is decided from the whole file before any row is read.
+    """
+    rejects = LocalRejects(rejects_path) if isinstance(rejects_path, Path) else rejects_path
+    return _run_import(session, campaign, source, _file_batches(stream, chunk_rows), rejects, now or utcnow())
 
 
 def add_leads(session: Session, campaign: Campaign, rows: list[dict[str, Any]], now: datetime | None = None) -> ImportReport:
     """Store leads given as JSON objects, through the same checks as a file ("line" = position, from 1)."""
     if not rows:
         raise InvalidInputError("No leads given.")
-    frame = _canonical_frame(pd.DataFrame([{k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows]))
-    return _run_import(session, campaign, "api", [(frame, 1)], None, now or utcnow())
+    return _run_import(session, campaign, "api", [_records_batch(rows)], None, now or utcnow())
 
 
 def copy_leads(session: Session, target: Campaign, source_campaign: Campaign, now: datetime | None = None) -> ImportReport:
@@ -338,8 +316,8 @@ def copy_leads(session: Session, target: Campaign, source_campaign: Campaign, no
     ]
     if not rows:
         raise InvalidInputError("The source campaign has no leads.")
-    frame = _canonical_frame(pd.DataFrame(rows).fillna("").astype(str))
-    return _run_import(session, target, f"campaign:{source_campaign.id}", [(frame, 1)], None, now or utcnow())
+    return _run_import(session, target, f"campaign:{source_campaign.id}", [_records_batch(rows)], None,
+                       now or utcnow())
 
 
 def list_leads(

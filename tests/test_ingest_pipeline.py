@@ -1,0 +1,236 @@
+"""The ingest pipeline beyond one file: asset checks, metadata, and a crash in the middle of an import.
+
+The checks run inside the real `ingest_leads_job` (the job the bucket sensor starts), resolved from a
+Definitions object wired like `definitions.py`, on a real Dagster instance.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import AssetCheckSeverity, DagsterInstance, Definitions, ExecuteInProcessResult, instance_for_test
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach_pipeline.assets.leads import lead_file_import, lead_files
+from outreach_pipeline.checks import campaign_size_limit, lead_file_reject_rate
+from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign
+from outreach_pipeline.core.leads import add_leads, import_leads_csv
+from outreach_pipeline.db.models import Campaign, ImportStatus, Lead, LeadImport, Suppression, User
+from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
+from outreach_pipeline.jobs import ingest_leads_job
+from outreach_pipeline.resources import resources_from_settings
+from outreach_pipeline.settings import Settings
+
+DATA = Path(__file__).parent / "data" / "ingest"
+SHARED = Path("/work/shared/fixtures/leads")
+if not SHARED.is_dir():
+    SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as dagster_instance:
+        yield dagster_instance
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(settings.database_url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def campaign_id(sessions: sessionmaker[Session]) -> int:
+    with session_scope(sessions) as session:
+        owner = User(email=f"operator-{uuid.uuid4().hex[:6]}@company.example")
+        session.add(owner)
+        session.flush()
+        return create_campaign(session, owner.id, CampaignCreate(name="Freight analytics")).id
+
+
+def _drop(settings: Settings, campaign_id: int, source: Path, instance: DagsterInstance) -> str:
+    folder = Path(settings.leads_bucket) / str(campaign_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{source.stem}-{uuid.uuid4().hex[:8]}{source.suffix}"
+    shutil.copy(source, folder / name)
+    key = f"{campaign_id}/{name}"
+    instance.add_dynamic_partitions(lead_files.name, [key])
+    return key
+
+
+def _run_job(settings: Settings, instance: DagsterInstance, key: str,
+             check_config: dict[str, dict[str, Any]] | None = None) -> ExecuteInProcessResult:
+    defs = Definitions(assets=[lead_file_import], asset_checks=[lead_file_reject_rate, campaign_size_limit],
+                       jobs=[ingest_leads_job], resources=resources_from_settings(settings))
+    ops = {check.node_def.name: {"config": config}
+           for check, config in zip((lead_file_reject_rate, campaign_size_limit),
+                                    ((check_config or {}).get("reject_rate", {}),
+                                     (check_config or {}).get("campaign_size", {})), strict=True)}
+    return defs.resolve_job_def("ingest_leads_job").execute_in_process(
+        partition_key=key, instance=instance, run_config={"ops": ops})
+
+
+def _checks(result: ExecuteInProcessResult) -> dict[str, Any]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_the_ingest_job_runs_both_checks_and_passes_a_clean_file(
+    settings: Settings, instance: DagsterInstance, campaign_id: int
+) -> None:
+    key = _drop(settings, campaign_id, SHARED / "apollo_export.csv", instance)
+
+    result = _run_job(settings, instance, key)
+
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("lead_file_import")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert (metadata["rows_read"], metadata["stored"], metadata["rejected"]) == (8, 6, 2)
+    assert metadata["rejected_by_reason"] == {"invalid email": 1, "duplicate in file": 1}
+    assert isinstance(metadata["duration_s"], float) and 0 <= metadata["duration_s"] < 60
+    checks = _checks(result)
+    assert set(checks) == {"lead_file_reject_rate", "campaign_size_limit"}
+    rate = checks["lead_file_reject_rate"]
+    # One bad address in 8 rows; the duplicate is the rules working and does not count.
+    assert (rate.passed, rate.metadata["invalid_share"].value, rate.metadata["invalid_by_reason"].value) == (
+        True, 0.125, {"invalid email": 1})
+    assert rate.target_materialization_data is not None
+    size = checks["campaign_size_limit"]
+    assert (size.passed, size.metadata["campaign_leads"].value, size.metadata["limit"].value) == (True, 6, 100_000)
+
+
+def test_the_reject_rate_check_warns_on_a_file_that_is_mostly_bad(
+    settings: Settings, instance: DagsterInstance, campaign_id: int, tmp_path: Path
+) -> None:
+    bad = tmp_path / "mostly-bad.csv"
+    bad.write_text("email,first_name\nann@good.example,Ann\nnot-an-address,Bo\n@nobody.example,Cy\n"
+                   ",Di\nbo@good.example,Bo\n", encoding="utf-8")
+    key = _drop(settings, campaign_id, bad, instance)
+
+    result = _run_job(settings, instance, key, {"reject_rate": {"max_invalid_share": 0.5}})
+
+    assert result.success  # a check warns; the import itself stored what it could
+    rate = _checks(result)["lead_file_reject_rate"]
+    assert (rate.passed, rate.severity) == (False, AssetCheckSeverity.WARN)
+    assert rate.metadata["invalid_share"].value == 0.6
+    assert rate.metadata["invalid_by_reason"].value == {"invalid email": 2, "missing email": 1}
+    assert rate.description == "3 of 5 rows failed validation (60.0%; threshold 50%)"
+    assert _checks(result)["campaign_size_limit"].passed
+
+
+def test_the_size_check_warns_when_an_import_pushes_the_campaign_over_its_limit(
+    settings: Settings, instance: DagsterInstance, campaign_id: int
+) -> None:
+    first = _drop(settings, campaign_id, SHARED / "hubspot_export.csv", instance)
+    under = _checks(_run_job(settings, instance, first, {"campaign_size": {"max_campaign_leads": 5}}))
+    assert (under["campaign_size_limit"].passed, under["campaign_size_limit"].metadata["campaign_leads"].value) == (
+        True, 4)
+
+    second = _drop(settings, campaign_id, SHARED / "apollo_export.csv", instance)
+    over = _checks(_run_job(settings, instance, second, {"campaign_size": {"max_campaign_leads": 5}}))
+
+    size = over["campaign_size_limit"]
+    assert (size.passed, size.severity) == (False, AssetCheckSeverity.WARN)
+    assert size.description == f"campaign {campaign_id} holds 10 leads (limit 5)"
+
+
+class FailingStream(io.BytesIO):
+    """A file whose reading fails part-way through the rows, as a disk or network read can."""
+
+    def __init__(self, data: bytes, fail_after_second_pass_bytes: int) -> None:
+        super().__init__(data)
+        self.size = len(data)
+        self.budget = self.size + fail_after_second_pass_bytes  # the encoding scan reads the file once first
+        self.consumed = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        block = super().read(size)
+        self.consumed += len(block)
+        if self.consumed > self.budget:
+            raise OSError("connection reset while reading the lead file")
+        return block
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        block = self.read(len(buffer))
+        buffer[: len(block)] = block
+        return len(block)
+
+
+def test_a_crash_in_the_middle_of_an_import_stores_nothing_and_a_rerun_stores_each_lead_once(
+    sessions: sessionmaker[Session], campaign_id: int, tmp_path: Path
+) -> None:
+    rows = "".join(f"lead{n}@crash.example,Lead {n}\n" for n in range(3000))
+    data = f"email,first_name\n{rows}".encode()
+    rejects = tmp_path / "rejected" / "crash.rejects.csv"
+
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        # Chunks of 500 rows: several chunks are already inserted (in the open transaction) when reading fails.
+        with pytest.raises(OSError, match="connection reset"):
+            import_leads_csv(session, campaign, FailingStream(data, len(data) // 2), "bucket:crash",
+                             rejects_path=rejects, chunk_rows=500)
+    with session_scope(sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Lead)) == 0
+        assert session.scalar(select(func.count()).select_from(LeadImport)) == 0
+    assert not rejects.parent.exists() or list(rejects.parent.iterdir()) == []
+
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        rerun = import_leads_csv(session, campaign, io.BytesIO(data + b"LEAD7@CRASH.EXAMPLE,Again\n"),
+                                 "bucket:crash", rejects_path=rejects, chunk_rows=500)
+    assert (rerun.rows_read, rerun.stored, rerun.rejected, dict(rerun.reasons)) == (
+        3001, 3000, 1, {"duplicate in file": 1})
+    with session_scope(sessions) as session:
+        again = import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data),
+                                 "bucket:crash", chunk_rows=500)
+        assert (again.stored, dict(again.reasons)) == (0, {"already in campaign": 3000})
+        assert session.scalar(select(func.count()).select_from(Lead)) == 3000
+        assert session.scalar(select(func.count(func.distinct(Lead.email_key)))) == 3000
+        assert [i.status for i in session.scalars(select(LeadImport).order_by(LeadImport.id))] == [
+            ImportStatus.COMPLETED, ImportStatus.COMPLETED]
+    assert rejects.read_text(encoding="utf-8").splitlines() == [
+        "line,email,reason", "3002,LEAD7@crash.example,duplicate in file"]
+
+
+def test_an_address_both_in_the_campaign_and_suppressed_is_reported_as_suppressed(
+    sessions: sessionmaker[Session], campaign_id: int
+) -> None:
+    data = b"email\nann@one.example\nbo@two.example\n"
+    with session_scope(sessions) as session:
+        assert import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "api").stored == 2
+    with session_scope(sessions) as session:
+        owner_id = session.get_one(Campaign, campaign_id).owner_id
+        session.add(Suppression(owner_id=owner_id, email="ann@one.example", reason="unsubscribe"))
+
+    with session_scope(sessions) as session:
+        again = import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "api")
+
+    # The stronger fact wins: the address must never be mailed, whichever campaign holds it.
+    assert [(r.line, r.email, r.reason) for r in again.first_rejects] == [
+        (2, "ann@one.example", "suppressed"), (3, "bo@two.example", "already in campaign")]
+
+
+def test_json_leads_with_lone_surrogates_are_refused_or_stored_never_crash(
+    sessions: sessionmaker[Session], campaign_id: int
+) -> None:
+    """JSON can carry a lone surrogate (\\ud800) that no database text column can hold."""
+    with session_scope(sessions) as session:
+        report = add_leads(session, session.get_one(Campaign, campaign_id), [
+            {"email": "\ud800"}, {"email": "ann@one.example", "note": "caf\ud800", "\ud800": "x"}])
+
+    assert [(r.line, r.reason) for r in report.first_rejects] == [(1, "invalid email")]
+    with session_scope(sessions) as session:
+        lead = session.scalars(select(Lead)).one()
+        assert (lead.email, lead.custom_fields) == ("ann@one.example", {"note": "caf?", "column": "x"})
