@@ -1,4 +1,5 @@
-"""Templates of a campaign: write by hand, generate one step or all, rewrite with an instruction."""
+"""Templates of a campaign: write by hand, generate one step or all (with A/B variants), rewrite with an
+instruction; per-lead openers; variant reply stats and what generation cost."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from sqlalchemy.orm import Session
 
 from outreach_api.context import Services
 from outreach_api.security import CurrentUser
+from outreach_pipeline.core import openers
 from outreach_pipeline.core import templates as core
 from outreach_pipeline.core.campaigns import get_campaign
+from outreach_pipeline.core.generation_stats import GenerationUsage, Prices, VariantStats, generation_usage, variant_stats
 
 Req = Request[CurrentUser, Any, Any]
 
@@ -24,10 +27,13 @@ class TemplateOut(BaseModel):
     variant: str
     subject: str
     body: str
+    html_body: str | None
     source: str
     model: str | None
+    prompt_version: str | None
     prompt_tokens: int
     completion_tokens: int
+    warnings: list[str]
     created_at: datetime
     updated_at: datetime
 
@@ -35,18 +41,40 @@ class TemplateOut(BaseModel):
 class GenerateIn(BaseModel):
     step_number: int = Field(ge=1, le=10)
     overwrite: bool = True
+    variants: int = Field(1, ge=1, le=core.MAX_VARIANTS, description="A/B variants to write (A, B, ...).")
+    use_ai_opener: bool = Field(False, description="Open the first email with the per-lead {{ai_opener}} line.")
+    fresh: bool = Field(False, description="Ask the model again instead of reusing a cached answer.")
 
 
 class GenerateAllIn(BaseModel):
     overwrite: bool = False
+    variants: int = Field(1, ge=1, le=core.MAX_VARIANTS)
+    use_ai_opener: bool = False
+    fresh: bool = False
 
 
 class RewriteIn(BaseModel):
     instruction: str = Field(min_length=1, max_length=500)
 
 
+class OpenersOut(BaseModel):
+    leads: int
+    written: int
+    cache_hits: int
+    failed: int
+    model_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: dict[int, str]
+    missing: list[str]  # what launch would report about openers after this run
+
+
 def _out(templates: list[Any]) -> list[TemplateOut]:
     return [TemplateOut.model_validate(t) for t in templates]
+
+
+def _prices(services: Services) -> Prices:
+    return Prices(services.settings.llm_input_price_per_mtok, services.settings.llm_output_price_per_mtok)
 
 
 class TemplateController(Controller):
@@ -71,9 +99,11 @@ class TemplateController(Controller):
 
     @post("/generate", sync_to_thread=True)
     def generate(self, campaign_id: int, data: GenerateIn, request: Req, db: Session, services: Services) -> list[TemplateOut]:
-        """Write one step's template with the configured writer."""
+        """Write one step's template (and its A/B variants) with the configured writer."""
         campaign = get_campaign(db, request.user.id, campaign_id)
-        report = core.generate_templates(db, campaign, services.writer, [data.step_number], overwrite=data.overwrite)
+        report = core.generate_templates(db, campaign, services.writer, [data.step_number], overwrite=data.overwrite,
+                                         variants=data.variants, use_ai_opener=data.use_ai_opener,
+                                         use_cache=not data.fresh)
         return _out(report.templates)
 
     @post("/generate-all", sync_to_thread=True)
@@ -82,8 +112,9 @@ class TemplateController(Controller):
     ) -> list[TemplateOut]:
         """Write every step's template (only missing ones unless overwrite is true)."""
         campaign = get_campaign(db, request.user.id, campaign_id)
-        overwrite = data.overwrite if data else False
-        core.generate_templates(db, campaign, services.writer, overwrite=overwrite)
+        data = data or GenerateAllIn()
+        core.generate_templates(db, campaign, services.writer, overwrite=data.overwrite, variants=data.variants,
+                                use_ai_opener=data.use_ai_opener, use_cache=not data.fresh)
         return _out(core.list_templates(db, campaign))
 
     @post("/{template_id:int}/rewrite", status_code=200, sync_to_thread=True)
@@ -93,3 +124,26 @@ class TemplateController(Controller):
         campaign = get_campaign(db, request.user.id, campaign_id)
         template = core.get_template(db, campaign, template_id)
         return TemplateOut.model_validate(core.rewrite_template(db, campaign, template, services.writer, data.instruction))
+
+    @post("/openers", status_code=200, sync_to_thread=True)
+    def generate_openers(self, campaign_id: int, request: Req, db: Session, services: Services) -> OpenersOut:
+        """Write the {{ai_opener}} line of every waiting lead that has none yet (failed ones again)."""
+        campaign = get_campaign(db, request.user.id, campaign_id)
+        # The batch commits as it goes, in its own sessions: release this request's read first.
+        db.commit()
+        report = openers.generate_openers(services.sessions, services.writer, campaign.id,
+                                          concurrency=services.settings.llm_concurrency)
+        return OpenersOut(leads=report.leads, written=report.written, cache_hits=report.cache_hits,
+                          failed=report.failed, model_requests=report.model_requests,
+                          prompt_tokens=report.prompt_tokens, completion_tokens=report.completion_tokens,
+                          errors=report.errors, missing=openers.missing_opener_problems(db, campaign))
+
+    @get("/variant-stats", sync_to_thread=True)
+    def variants(self, campaign_id: int, request: Req, db: Session) -> list[VariantStats]:
+        """Sent emails and replies per step and variant."""
+        return variant_stats(db, get_campaign(db, request.user.id, campaign_id))
+
+    @get("/usage", sync_to_thread=True)
+    def usage(self, campaign_id: int, request: Req, db: Session, services: Services) -> GenerationUsage:
+        """Tokens spent generating this campaign's templates and openers, and the estimated cost."""
+        return generation_usage(db, get_campaign(db, request.user.id, campaign_id), _prices(services))

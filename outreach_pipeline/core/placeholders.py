@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|([^{}]*))?\}\}")
 _CR_LF = re.compile(r"[\r\n]+")
+# Not a lead column: filled per lead from the opening line generated for it (core/openers.py).
+AI_OPENER = "ai_opener"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,10 @@ class MissingFieldError(ValueError):
 
 def find_placeholders(text: str) -> list[Placeholder]:
     return [Placeholder(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(text)]
+
+
+def uses_field(text: str, name: str, *, without_fallback: bool = False) -> bool:
+    return any(p.name == name and (p.fallback is None or not without_fallback) for p in find_placeholders(text))
 
 
 def unbalanced_braces(text: str) -> bool:

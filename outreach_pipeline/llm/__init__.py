@@ -1,5 +1,15 @@
 """Template writers behind one interface: any OpenAI-compatible model, or an offline writer."""
 
-from outreach_pipeline.llm.brief import StepBrief, TemplateDraft, TemplateWriter, WrittenTemplate
+from outreach_pipeline.llm.brief import (
+    InvalidModelOutput,
+    OpenerBrief,
+    OpenerClient,
+    StepBrief,
+    TemplateDraft,
+    TemplateWriter,
+    WrittenOpener,
+    WrittenTemplate,
+)
 
-__all__ = ["StepBrief", "TemplateDraft", "TemplateWriter", "WrittenTemplate"]
+__all__ = ["InvalidModelOutput", "OpenerBrief", "OpenerClient", "StepBrief", "TemplateDraft", "TemplateWriter",
+           "WrittenOpener", "WrittenTemplate"]

@@ -12,6 +12,13 @@ Contract followed (https://platform.openai.com/docs/api-reference):
   ``RateLimitError``, ``InternalServerError``... and retries 408/409/429/5xx, honouring ``retry-after``.
 - ``POST /v1/chat/completions`` answers a ``chat.completion`` object; ``POST /v1/responses`` a ``response``
   object whose ``output`` holds one assistant message with an ``output_text`` part.
+- ``POST /v1/files`` (multipart: ``file``, ``purpose``) stores a file and answers a ``file`` object;
+  ``GET /v1/files/{id}/content`` answers its bytes. ``POST /v1/batches`` (``input_file_id``, ``endpoint``,
+  ``completion_window``) answers a ``batch`` in ``validating``; ``GET /v1/batches/{id}`` runs the batch's
+  JSONL requests through the same endpoints once ``batch_polls_before_done`` polls have passed (default 0:
+  the first poll completes it) and then answers it ``completed`` with an ``output_file_id`` whose lines are
+  ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``. Batch lines are not
+  HTTP requests: ``calls`` records the uploads and polls, ``batch_lines`` counts the lines answered.
 - With structured output (``response_format`` / ``text.format`` of type ``json_schema``), the text is a
   JSON object valid for the schema. It comes from ``fake.responder(request_body)``; the default responder
   fills the schema with a plausible cold email (``subject``/``body``) and nulls where null is allowed.
@@ -27,6 +34,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from email.message import Message
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -150,6 +159,14 @@ class FakeOpenAI(LocalHTTPServer):
         self._calls: list[tuple[str, Any]] = []
         self._faults: list[tuple[int, float | None]] = []
         self._invalid_json = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._batch_polls: dict[str, int] = {}
+        self._batch_lines = 0
+        # Polls of GET /v1/batches/{id} answered "in_progress" before the batch completes.
+        self.batch_polls_before_done: int = 0
 
     # -- how answers are written (every answer, errors included, is JSON) ------------------------
 
@@ -157,6 +174,8 @@ class FakeOpenAI(LocalHTTPServer):
         return 500, _error_body(500, f"{type(self).__name__} crashed: {error!r}"), {}
 
     def _encode(self, payload: Any) -> tuple[bytes, str]:
+        if isinstance(payload, bytes):  # a file's content
+            return payload, "application/octet-stream"
         return json.dumps(payload).encode(), "application/json"
 
     # -- recorded state and fault injection ----------------------------------------------------
@@ -171,6 +190,23 @@ class FakeOpenAI(LocalHTTPServer):
     def call_count(self) -> int:
         with self._lock:
             return len(self._calls)
+
+    def file_content(self, file_id: str) -> bytes:
+        """The bytes of an uploaded (or batch output) file."""
+        with self._lock:
+            return self._files[file_id][1]
+
+    @property
+    def batch_lines(self) -> int:
+        """Batch request lines answered so far (each is one model answer, without an HTTP request)."""
+        with self._lock:
+            return self._batch_lines
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this server was answering at the same moment (since start or reset)."""
+        with self._lock:
+            return self._max_in_flight
 
     def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
         """Answer the next ``times`` requests with HTTP ``status`` in OpenAI's error shape.
@@ -191,10 +227,21 @@ class FakeOpenAI(LocalHTTPServer):
             self._calls.clear()
             self._faults.clear()
             self._invalid_json = 0
+            self._max_in_flight = self._in_flight
 
     # -- request handling ----------------------------------------------------------------------
 
     def _handle(self, method: str, target: str, headers: Message, raw: bytes) -> Reply:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            return self._answer(method, target, headers, raw)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, method: str, target: str, headers: Message, raw: bytes) -> Reply:
         path = urlsplit(target).path.rstrip("/")
         try:
             body: Any = json.loads(raw) if raw else None
@@ -219,6 +266,14 @@ class FakeOpenAI(LocalHTTPServer):
             shown = f"{key[:3]}***{key[-4:]}" if len(key) > 8 else "***"
             return 401, _error_body(401, f"Incorrect API key provided: {shown}."), {}
 
+        if path == "/v1/files" and method == "POST":
+            return self._upload(headers, raw)
+        if path.startswith("/v1/files/") and path.endswith("/content") and method == "GET":
+            return self._file_content(path.split("/")[3])
+        if path == "/v1/batches" and method == "POST" and isinstance(body, dict):
+            return self._create_batch(body)
+        if path.startswith("/v1/batches/") and method == "GET":
+            return self._poll_batch(path.split("/")[3])
         endpoints = {"/v1/chat/completions": self._chat_completion, "/v1/responses": self._response}
         if method != "POST" or path not in endpoints:
             return 404, _error_body(404, f"Invalid URL ({method} {path})"), {}
@@ -339,3 +394,81 @@ class FakeOpenAI(LocalHTTPServer):
             "metadata": body.get("metadata") or {},
         }
         return 200, response, {"x-request-id": f"req_{uuid.uuid4().hex}"}
+
+    # -- files and batches -----------------------------------------------------------------------
+
+    def _upload(self, headers: Message, raw: bytes) -> Reply:
+        parts = BytesParser(policy=default_policy).parsebytes(
+            b"Content-Type: " + (headers.get("Content-Type") or "").encode() + b"\r\n\r\n" + raw)
+        fields = {part.get_param("name", header="content-disposition"): part for part in parts.iter_parts()}
+        if "file" not in fields or "purpose" not in fields:
+            return 400, _error_body(400, "Missing required parameter: 'file' or 'purpose'."), {}
+        content = fields["file"].get_payload(decode=True) or b""
+        file = {"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(content),
+                "created_at": int(time.time()), "filename": fields["file"].get_filename() or "upload",
+                "purpose": fields["purpose"].get_content().strip(), "status": "processed"}
+        with self._lock:
+            self._files[file["id"]] = (file, content)
+        return 200, file, {}
+
+    def _file_content(self, file_id: str) -> Reply:
+        with self._lock:
+            stored = self._files.get(file_id)
+        if stored is None:
+            return 404, _error_body(404, f"No such File object: {file_id}"), {}
+        return 200, stored[1], {}
+
+    def _create_batch(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            known = body.get("input_file_id") in self._files
+        if not known:
+            return 400, _error_body(400, f"Invalid input_file_id: {body.get('input_file_id')}"), {}
+        now = int(time.time())
+        batch = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": body.get("endpoint"),
+                 "errors": None, "input_file_id": body["input_file_id"],
+                 "completion_window": body.get("completion_window"), "status": "validating",
+                 "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+                 "expires_at": now + 86400, "completed_at": None, "failed_at": None, "expired_at": None,
+                 "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata")}
+        with self._lock:
+            self._batches[batch["id"]] = batch
+            self._batch_polls[batch["id"]] = 0
+        return 200, batch, {}
+
+    def _poll_batch(self, batch_id: str) -> Reply:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return 404, _error_body(404, f"No such Batch object: {batch_id}"), {}
+            self._batch_polls[batch_id] += 1
+            done = batch["status"] == "completed" or self._batch_polls[batch_id] > self.batch_polls_before_done
+            if not done:
+                batch["status"] = "in_progress"
+                batch["in_progress_at"] = batch["in_progress_at"] or int(time.time())
+                return 200, dict(batch), {}
+            if batch["status"] == "completed":
+                return 200, dict(batch), {}
+            content = self._files[batch["input_file_id"]][1]
+        outputs = [self._batch_line(json.loads(line)) for line in content.decode().splitlines() if line.strip()]
+        data = "".join(json.dumps(line) + "\n" for line in outputs).encode()
+        output = {"id": f"file-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(data),
+                  "created_at": int(time.time()), "filename": "batch_output.jsonl", "purpose": "batch_output",
+                  "status": "processed"}
+        failed = sum(1 for line in outputs if line["response"]["status_code"] != 200)
+        with self._lock:
+            self._files[output["id"]] = (output, data)
+            self._batch_lines += len(outputs)
+            batch.update(status="completed", output_file_id=output["id"], completed_at=int(time.time()),
+                         request_counts={"total": len(outputs), "completed": len(outputs) - failed, "failed": failed})
+            return 200, dict(batch), {}
+
+    def _batch_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        endpoints = {"/v1/chat/completions": self._chat_completion, "/v1/responses": self._response}
+        handler = endpoints.get(line.get("url", ""))
+        if handler is None:
+            status, body = 404, _error_body(404, f"Invalid URL ({line.get('url')})")
+        else:
+            status, body, _headers = handler(line.get("body") or {})
+        return {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line.get("custom_id"),
+                "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
+                "error": None}
