@@ -39,7 +39,7 @@ def email_sends(context: AssetExecutionContext, database: DatabaseResource, mail
     mailer = mail.mailer()
     try:
         report = dispatch_due(database.session_factory(), mailer, mail.sender_config(), due_before,
-                              batch_size=get_settings().send_batch_size)
+                              policy=mail.send_policy())
     except MailerAccountError as error:
         raise Failure(f"The mail provider refused the account; nothing was sent and every job is still pending: {error}")
     context.log.info(f"window ending {window_end.isoformat()}: {report.as_metadata()}")

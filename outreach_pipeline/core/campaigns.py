@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 from outreach_pipeline.core.errors import ConflictError, InvalidInputError, NotFoundError
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.core.leads import lead_fields
-from outreach_pipeline.core.placeholders import find_placeholders
+from outreach_pipeline.core.pacing import spread_overdue_jobs
+from outreach_pipeline.core.openers import missing_opener_problems
+from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
     Campaign,
@@ -80,6 +82,8 @@ class CampaignStats(BaseModel):
     unsubscribed: int
     reply_rate: float
     bounce_rate: float
+    # Set when the engine paused the campaign itself (hard-bounce rate), with the figures.
+    paused_reason: str | None = None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -132,6 +136,7 @@ def campaign_stats(session: Session, campaign: Campaign) -> CampaignStats:
         unsubscribed=leads_by_status[LeadStatus.UNSUBSCRIBED.value],
         reply_rate=round(replied / contacted, 4) if contacted else 0.0,
         bounce_rate=round(bounced / contacted, 4) if contacted else 0.0,
+        paused_reason=campaign.paused_reason,
     )
 
 
@@ -194,28 +199,33 @@ def launch_problems(session: Session, campaign: Campaign) -> list[str]:
     fields = set(lead_fields(session, campaign))
     for template in templates:
         for placeholder in find_placeholders(template.subject + "\n" + template.body):
-            if placeholder.fallback is not None:
-                continue
+            if placeholder.fallback is not None or placeholder.name == AI_OPENER:
+                continue  # openers are checked per lead below
             if placeholder.name not in fields:
                 problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}}, "
                                 "which the leads do not have; add a fallback like {{name|...}}.")
-            elif placeholder.name in NULLABLE_LEAD_COLUMNS:
-                lacking = _leads_without(session, campaign, placeholder.name)
+            elif placeholder.name != "email":
+                lacking, examples = _leads_without(session, campaign, placeholder.name)
                 if lacking:
                     problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}} "
-                                    f"but {lacking} lead(s) have no {placeholder.name}; add a fallback like "
-                                    f"{{{{{placeholder.name}|there}}}}.")
+                                    f"but {lacking} lead(s) have no {placeholder.name} (e.g. "
+                                    f"{', '.join(examples)}); add a fallback like {{{{{placeholder.name}|there}}}}.")
+    problems.extend(missing_opener_problems(session, campaign))
     return problems
 
 
 NULLABLE_LEAD_COLUMNS = ("first_name", "last_name", "company", "title")
+EXAMPLE_LEADS = 5
 
 
-def _leads_without(session: Session, campaign: Campaign, column: str) -> int:
-    value = getattr(Lead, column)
-    return session.scalar(select(func.count()).where(
-        Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, (value.is_(None)) | (value == "")
-    )) or 0
+def _leads_without(session: Session, campaign: Campaign, field: str) -> tuple[int, list[str]]:
+    """How many waiting leads have no value for a standard column or custom field, and a few of their addresses."""
+    value = getattr(Lead, field) if field in NULLABLE_LEAD_COLUMNS else Lead.custom_fields[field].as_string()
+    lacking = (Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, value.is_(None) | (value == ""))
+    count = session.scalar(select(func.count()).where(*lacking)) or 0
+    examples = list(session.scalars(select(Lead.email).where(*lacking).order_by(Lead.id).limit(EXAMPLE_LEADS))) \
+        if count else []
+    return count, examples
 
 
 def _transition(campaign: Campaign, allowed_from: set[CampaignStatus], to: CampaignStatus, verb: str) -> None:
@@ -240,14 +250,22 @@ def launch_campaign(session: Session, campaign: Campaign, now: datetime | None =
     return queued
 
 
-def pause_campaign(session: Session, campaign: Campaign) -> None:
+def pause_campaign(session: Session, campaign: Campaign, reason: str | None = None) -> None:
+    """Nothing is sent while PAUSED; jobs stay PENDING. `reason` says why when the engine paused it."""
     _transition(campaign, {CampaignStatus.ACTIVE}, CampaignStatus.PAUSED, "pause")
+    campaign.paused_reason = reason
     session.flush()
 
 
-def resume_campaign(session: Session, campaign: Campaign) -> None:
+def resume_campaign(session: Session, campaign: Campaign, now: datetime | None = None) -> int:
+    """PAUSED -> ACTIVE; overdue jobs are spread over the coming windows (no burst). Returns how many moved."""
     _transition(campaign, {CampaignStatus.PAUSED}, CampaignStatus.ACTIVE, "resume")
+    campaign.paused_reason = None
+    now = now or utcnow()
+    moved = spread_overdue_jobs(session, campaign, now)
+    schedule_first_jobs(session, campaign, now)  # leads added while paused get their first email too
     session.flush()
+    return moved
 
 
 def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
@@ -265,8 +283,9 @@ def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
     session.flush()
     for template in session.scalars(select(Template).where(Template.campaign_id == campaign.id)):
         session.add(Template(campaign_id=copy.id, step_number=template.step_number, variant=template.variant,
-                             subject=template.subject, body=template.body, source=template.source,
-                             model=template.model))
+                             subject=template.subject, body=template.body, html_body=template.html_body,
+                             source=template.source, model=template.model, prompt_version=template.prompt_version,
+                             warnings=template.warnings))
     session.flush()
     return copy
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formataddr
 
@@ -44,18 +45,23 @@ def unsubscribe_url(config: SenderConfig, lead: Lead) -> str:
 
 def compose_email(
     job: EmailJob, lead: Lead, campaign: Campaign, template: Template, config: SenderConfig,
-    parent: ThreadParent | None,
+    parent: ThreadParent | None, extra_values: Mapping[str, str] | None = None,
 ) -> OutgoingEmail:
-    """Render a template for one lead; raises MissingFieldError when a field has no value and no fallback."""
-    values = lead_values(lead, campaign)
+    """Render a template for one lead; raises MissingFieldError when a field has no value and no fallback.
+
+    `extra_values` are per-lead values that are not lead columns (the generated `ai_opener`).
+    """
+    values = {**lead_values(lead, campaign), **(extra_values or {})}
     # A threaded follow-up answers the first email: same subject with "Re:", and its Message-ID.
     subject = f"Re: {parent.subject}" if parent is not None else render(template.subject, values, header=True)
     text = render(template.body, values)
     link = unsubscribe_url(config, lead)
-    text_body = f"{text}\n\n--\nNot interested? Unsubscribe: {link}\n"
+    postal = (campaign.postal_address or "").strip()
+    text_body = f"{text}\n\n--\nNot interested? Unsubscribe: {link}\n" + (f"{postal}\n" if postal else "")
     html_body = (
         "<div>" + render(html.escape(template.body), values, escape_html=True).replace("\n", "<br>\n") + "</div>"
         f'<p style="font-size:12px;color:#666">Not interested? <a href="{html.escape(link)}">Unsubscribe</a></p>'
+        + (f'<p style="font-size:12px;color:#666">{html.escape(postal).replace(chr(10), "<br>")}</p>' if postal else "")
     )
     sender_email = campaign.sender_email or config.default_from
     headers = {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, literal, select
+from sqlalchemy import and_, exists, literal, select, text, update
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.db.dialect import insert_ignoring_conflicts
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, Suppression
+from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
+from outreach_pipeline.db.models import Campaign, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, Suppression
 
 
 def schedule_first_jobs(session: Session, campaign: Campaign, now: datetime) -> int:
@@ -49,3 +51,66 @@ def schedule_next_step(session: Session, campaign: Campaign, job: EmailJob, sent
     return session.scalar(
         select(EmailJob).where(EmailJob.lead_id == job.lead_id, EmailJob.step_number == following.number)
     )
+
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One job the provider accepted, as the send path and the reconciler both know it."""
+
+    job_id: int
+    lead_id: int
+    campaign_id: int
+    step_number: int
+    provider_message_id: str | None
+    message_id_header: str | None
+    subject: str | None = None  # as sent; threaded follow-ups answer it
+    template_id: int | None = None
+
+
+_SENT_FROM_ARRAYS = text("""
+    UPDATE email_jobs AS j SET status = 'SENT', sent_at = :sent_at, last_error = NULL,
+        provider_message_id = v.pmid, message_id_header = v.header,
+        subject = coalesce(v.subject, j.subject), template_id = coalesce(v.template_id, j.template_id)
+    FROM unnest(CAST(:ids AS integer[]), CAST(:pmids AS varchar[]), CAST(:headers AS varchar[]),
+                CAST(:subjects AS varchar[]), CAST(:templates AS integer[])) AS v(id, pmid, header, subject, template_id)
+    WHERE j.id = v.id
+""")
+
+
+def _record_sent_jobs(session: Session, accepted: Sequence[Accepted], sent_at: datetime) -> None:
+    if is_postgresql(session):
+        # One UPDATE ... FROM unnest(arrays) for the whole batch: five parameters, one round trip, a cached plan.
+        session.execute(_SENT_FROM_ARRAYS, {
+            "sent_at": sent_at, "ids": [a.job_id for a in accepted],
+            "pmids": [a.provider_message_id for a in accepted], "headers": [a.message_id_header for a in accepted],
+            "subjects": [a.subject for a in accepted], "templates": [a.template_id for a in accepted]})
+        return
+    session.execute(update(EmailJob), [
+        {"id": a.job_id, "status": JobStatus.SENT, "sent_at": sent_at, "last_error": None,
+         "provider_message_id": a.provider_message_id, "message_id_header": a.message_id_header,
+         **({"subject": a.subject} if a.subject is not None else {}),
+         **({"template_id": a.template_id} if a.template_id is not None else {})}
+        for a in accepted])
+
+
+def mark_sent(session: Session, accepted: Sequence[Accepted], sent_at: datetime) -> None:
+    """Record accepted jobs SENT, mark their leads CONTACTED and queue each next step: a few set-based
+    statements per batch, whatever its size. Shared by the send path and the reconciler, so a job
+    settled either way ends in the same state."""
+    if not accepted:
+        return
+    _record_sent_jobs(session, accepted, sent_at)
+    lead_ids = [a.lead_id for a in accepted]
+    session.execute(update(Lead).where(Lead.id.in_(lead_ids), Lead.status == LeadStatus.PENDING)
+                    .values(status=LeadStatus.CONTACTED).execution_options(synchronize_session=False))
+    steps = {(s.campaign_id, s.number): s.delay_days for s in session.scalars(
+        select(CampaignStep).where(CampaignStep.campaign_id.in_({a.campaign_id for a in accepted})))}
+    following = [
+        {"campaign_id": a.campaign_id, "lead_id": a.lead_id, "step_number": a.step_number + 1,
+         "due_at": sent_at + timedelta(days=steps[(a.campaign_id, a.step_number + 1)]),
+         "status": JobStatus.PENDING, "attempts": 0, "created_at": sent_at}
+        for a in accepted if (a.campaign_id, a.step_number + 1) in steps]
+    if following:
+        # The unique key (lead, step) keeps a step single even if two paths settle the same job.
+        session.execute(insert_ignoring_conflicts(session, EmailJob, ["lead_id", "step_number"]), following)

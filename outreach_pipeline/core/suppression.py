@@ -1,12 +1,19 @@
-"""The owner-wide list of addresses never to mail again."""
+"""The owner-wide list of addresses never to mail again: whole addresses, or whole domains as `@domain`."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts
 from outreach_pipeline.db.models import Suppression
+
+
+def domain_entry(domain: str) -> str:
+    """How a whole domain is kept on the list: `@example.com` (no address can equal it)."""
+    return "@" + domain.strip().lower().lstrip("@")
 
 
 def suppress(session: Session, owner_id: int, email: str, reason: str) -> None:
@@ -16,8 +23,30 @@ def suppress(session: Session, owner_id: int, email: str, reason: str) -> None:
     session.execute(statement)
 
 
+def suppress_domain(session: Session, owner_id: int, domain: str, reason: str = "manual") -> None:
+    """Every address at `domain` is suppressed for the owner, in every campaign."""
+    suppress(session, owner_id, domain_entry(domain), reason)
+
+
+def lift_suppression(session: Session, owner_id: int, email: str) -> bool:
+    result = session.execute(delete(Suppression).where(Suppression.owner_id == owner_id,
+                                                       Suppression.email == email.strip().lower()))
+    return bool(result.rowcount)
+
+
 def is_suppressed(session: Session, owner_id: int, email: str) -> bool:
+    address = email.strip().lower()
+    entries = [address, domain_entry(address.rpartition("@")[2])] if "@" in address else [address]
     found = session.scalar(
-        select(Suppression.id).where(Suppression.owner_id == owner_id, Suppression.email == email.strip().lower())
+        select(Suppression.id).where(Suppression.owner_id == owner_id, Suppression.email.in_(entries)).limit(1)
     )
     return found is not None
+
+
+def suppressed_among(session: Session, owner_id: int, emails: Iterable[str]) -> set[str]:
+    """Which of `emails` (lower-cased) the owner must not mail, by address or by domain: one query per batch."""
+    addresses = {email.strip().lower() for email in emails}
+    domains = {domain_entry(a.rpartition("@")[2]) for a in addresses if "@" in a}
+    entries = set(session.scalars(select(Suppression.email).where(
+        Suppression.owner_id == owner_id, Suppression.email.in_(addresses | domains))))
+    return {a for a in addresses if a in entries or domain_entry(a.rpartition("@")[2]) in entries}

@@ -42,7 +42,15 @@ class SendResult:
 
 
 class MailerUnavailableError(Exception):
-    """The whole batch failed for a passing reason (rate limit, 5xx, network): retry it later."""
+    """The whole batch failed for a passing reason (rate limit, 5xx, network): retry it later.
+
+    `maybe_sent` is True when the request may have reached the provider before failing (a read
+    timeout): retrying blindly could send twice, so those jobs are left to the reconciler.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class MailerAccountError(Exception):
@@ -54,4 +62,11 @@ class Mailer(Protocol):
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         """Send messages; one result per message, in order."""
+        ...
+
+    def find_sent(self, job_id: str) -> SendResult | None:
+        """The message the provider accepted with metadata job_id=`job_id`, or None if it has none.
+
+        The reconciler asks this before re-sending a job a crashed run left in SENDING.
+        """
         ...

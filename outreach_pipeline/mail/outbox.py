@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -50,6 +51,18 @@ class FileOutbox:
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         return [self._write(message) for message in messages]
 
+    def find_sent(self, job_id: str) -> SendResult | None:
+        """Reads the outbox's own files: an .eml carrying `X-Outreach-Job-Id: <job_id>` was sent."""
+        wanted = f"X-Outreach-Job-Id: {job_id}\n".encode()
+        for path in self.directory.rglob("*.eml"):
+            data = path.read_bytes()
+            if wanted not in data.replace(b"\r\n", b"\n"):
+                continue
+            message_id = str(email.message_from_bytes(data)["Message-ID"] or "")
+            local_id = message_id.strip("<>").partition("@")[0]
+            return SendResult(SendOutcome.SENT, provider_message_id=local_id, message_id_header=message_id or None)
+        return None
+
     def _write(self, message: OutgoingEmail) -> SendResult:
         if "@" not in parseaddr(message.to)[1]:
             return SendResult(SendOutcome.INVALID_RECIPIENT, error_code=300, error=f"Invalid 'To' address: {message.to!r}")
@@ -60,5 +73,8 @@ class FileOutbox:
         folder.mkdir(parents=True, exist_ok=True)
         local_id = message_id.strip("<>").partition("@")[0]
         path = folder / f"{now.strftime('%H%M%S')}-{local_id}.eml"
-        path.write_bytes(bytes(build_mime(message, message_id)))
+        # Written under a temporary name and renamed: a kill mid-write leaves no .eml the reconciler trusts.
+        partial = path.with_suffix(".eml.part")
+        partial.write_bytes(bytes(build_mime(message, message_id)))
+        partial.rename(path)
         return SendResult(SendOutcome.SENT, provider_message_id=local_id, message_id_header=message_id)

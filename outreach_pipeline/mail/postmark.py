@@ -1,9 +1,16 @@
-"""Postmark through postmarker's batch call; the API root is configurable for local test servers."""
+"""Postmark through postmarker's batch call; the API root is configurable for local test servers.
+
+postmarker raises `ClientError` for an HTTP error with Postmark's JSON body, `requests` errors for
+anything else, and never raises for a per-message failure inside a 200 batch answer: each of the
+three is mapped here, once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import threading
 
 import requests
 from postmarker.core import PostmarkClient
@@ -20,16 +27,35 @@ from outreach_pipeline.mail.message import (
 # Postmark's per-message ErrorCodes (https://postmarkapp.com/developer/api/overview#error-codes).
 INVALID_EMAIL_REQUEST = 300
 INACTIVE_RECIPIENT = 406
-# Account-level codes: the token or the account is refused; retrying cannot help.
-ACCOUNT_ERROR_CODES = {10, 11, 400, 401, 405, 412, 413}
+RATE_LIMITED = 429
+
+
+def _http_status(error: BaseException) -> int | None:
+    cause = error if isinstance(error, requests.HTTPError) else error.__cause__
+    response = getattr(cause, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_passing(status: int | None, code: int | None) -> bool:
+    """429 and 5xx pass with time; any other HTTP error (401 bad token, 422 account) will not."""
+    return status == RATE_LIMITED or code == RATE_LIMITED or (status is not None and status >= 500)
 
 
 class PostmarkMailer:
     name = "postmark"
 
     def __init__(self, server_token: str, api_url: str, message_stream: str, timeout: float = 30.0) -> None:
-        self.client = PostmarkClient(server_token=server_token, root_api_url=api_url, timeout=timeout)
+        self._options = {"server_token": server_token, "root_api_url": api_url, "timeout": timeout}
+        self._local = threading.local()
         self.message_stream = message_stream
+
+    @property
+    def client(self) -> PostmarkClient:
+        # One client (one requests.Session, one keep-alive connection) per sending thread.
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = PostmarkClient(**self._options)
+        return client
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         if not messages:
@@ -37,12 +63,34 @@ class PostmarkMailer:
         try:
             answers = self.client.emails.send_batch(*(self._as_postmark(m) for m in messages))
         except ClientError as error:
-            if error.error_code in ACCOUNT_ERROR_CODES:
-                raise MailerAccountError(str(error)) from error
-            raise MailerUnavailableError(str(error)) from error
-        except requests.RequestException as error:  # 5xx without a JSON body, timeouts, refused connections
-            raise MailerUnavailableError(str(error)) from error
+            if _is_passing(_http_status(error), error.error_code):
+                raise MailerUnavailableError(str(error)) from error
+            raise MailerAccountError(str(error)) from error
+        except requests.HTTPError as error:  # an answer without Postmark's JSON body (a gateway page)
+            if _is_passing(_http_status(error), None):
+                raise MailerUnavailableError(str(error)) from error
+            raise MailerAccountError(str(error)) from error
+        except (requests.ConnectionError, requests.ConnectTimeout) as error:
+            # Refused or reset before an answer: ConnectTimeout never reached the server; a reset after
+            # the request went out might have, so only a connect failure is safe to retry blindly.
+            connect_failed = isinstance(error, requests.ConnectTimeout) or "Connection refused" in str(error)
+            raise MailerUnavailableError(str(error), maybe_sent=not connect_failed) from error
+        except requests.RequestException as error:  # a read timeout: the batch may have been accepted
+            raise MailerUnavailableError(str(error), maybe_sent=True) from error
         return [self._result(answer) for answer in answers]
+
+    def find_sent(self, job_id: str) -> SendResult | None:
+        """Outbound message search by the `job_id` metadata every message carries."""
+        try:
+            found = self.client.call("GET", "/messages/outbound", count=1, offset=0, metadata_job_id=job_id)
+        except ClientError as error:
+            if _is_passing(_http_status(error), error.error_code):
+                raise MailerUnavailableError(str(error)) from error
+            raise MailerAccountError(str(error)) from error
+        except requests.RequestException as error:
+            raise MailerUnavailableError(str(error)) from error
+        messages = found.get("Messages") or []
+        return self._result({"ErrorCode": 0, "MessageID": messages[0]["MessageID"]}) if messages else None
 
     def _as_postmark(self, message: OutgoingEmail) -> dict[str, Any]:
         fields = {

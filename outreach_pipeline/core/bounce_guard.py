@@ -1,0 +1,44 @@
+"""A campaign whose hard-bounce rate passes a threshold pauses itself: a bad list burns the sender's domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.core.campaigns import pause_campaign
+from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus
+
+
+@dataclass(frozen=True)
+class BounceRate:
+    campaign_id: int
+    sent: int
+    bounced: int
+
+    @property
+    def rate(self) -> float:
+        return self.bounced / self.sent if self.sent else 0.0
+
+
+def bounce_rate(session: Session, campaign_id: int) -> BounceRate:
+    """Leads BOUNCED over emails sent (a lead's first email is where a dead address shows)."""
+    sent = session.scalar(select(func.count()).select_from(EmailJob).where(
+        EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.SENT)) or 0
+    bounced = session.scalar(select(func.count()).select_from(Lead).where(
+        Lead.campaign_id == campaign_id, Lead.status == LeadStatus.BOUNCED)) or 0
+    return BounceRate(campaign_id, sent, bounced)
+
+
+def pause_bouncing_campaigns(session: Session, max_rate: float, min_sent: int) -> list[BounceRate]:
+    """Pause every ACTIVE campaign over `max_rate` once it has sent `min_sent`; returns the ones paused."""
+    paused: list[BounceRate] = []
+    for campaign in session.scalars(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE)).all():
+        rate = bounce_rate(session, campaign.id)
+        if rate.sent >= min_sent and rate.rate > max_rate:
+            pause_campaign(session, campaign, reason=(
+                f"Paused automatically: {rate.bounced} of {rate.sent} emails hard-bounced "
+                f"({rate.rate:.1%}, above {max_rate:.0%}). Clean the lead list, then resume."))
+            paused.append(rate)
+    return paused

@@ -1,0 +1,142 @@
+"""Taking due jobs to send: the sending window, the daily caps and the gap, then one atomic claim.
+
+Order per run: jobs outside their window are moved to its next opening (so they are not claimed
+and not counted again), then each active campaign with due jobs claims what its budget allows,
+follow-ups before first emails. On PostgreSQL the campaign row (and its sender's cap row) is locked
+for the claim transaction so concurrent senders never both spend the same budget, and the jobs
+themselves are taken with FOR UPDATE SKIP LOCKED so they never take the same job.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.core.schedule_window import SendingWindow, local_day_start, next_opening, zone_or_utc
+from outreach_pipeline.db.dialect import is_postgresql
+from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit
+
+_ALWAYS_OPEN = and_(Campaign.window_start_hour == 0, Campaign.window_end_hour >= 24,
+                    Campaign.send_days == "0123456")
+
+
+def window_of(campaign: Campaign, lead_timezone: str | None = None) -> SendingWindow:
+    """The campaign's window, read in the lead's own timezone when the lead has one."""
+    return SendingWindow(lead_timezone or campaign.timezone, campaign.window_start_hour,
+                         campaign.window_end_hour, campaign.send_days)
+
+
+def defer_closed_windows(session: Session, due_before: datetime, now: datetime) -> int:
+    """Move due jobs whose window is closed at `now` to its next opening; returns how many moved."""
+    groups = session.execute(
+        select(EmailJob.campaign_id, Lead.timezone).distinct()
+        .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == EmailJob.campaign_id)
+        .where(EmailJob.status == JobStatus.PENDING, EmailJob.due_at <= due_before,
+               Campaign.status == CampaignStatus.ACTIVE, ~_ALWAYS_OPEN)
+    ).all()
+    moved = 0
+    for campaign_id, lead_timezone in groups:
+        campaign = session.get_one(Campaign, campaign_id)
+        opening = next_opening(window_of(campaign, lead_timezone), now)
+        if opening == now:
+            continue
+        same_zone = Lead.timezone.is_(None) if lead_timezone is None else Lead.timezone == lead_timezone
+        leads = select(Lead.id).where(Lead.campaign_id == campaign_id, same_zone)
+        moved += session.execute(
+            update(EmailJob).where(EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.PENDING,
+                                   EmailJob.due_at <= due_before, EmailJob.lead_id.in_(leads))
+            .values(due_at=opening).execution_options(synchronize_session=False)
+        ).rowcount or 0
+    return moved
+
+
+def _used_today(session: Session, since: datetime, *conditions: object) -> int:
+    """Jobs sent since `since` or in flight: what today's budget has already spent."""
+    # Two counts rather than one OR: each is a range on ix_email_jobs_sent_today, not a scan of the campaign.
+    sent = select(func.count()).select_from(EmailJob).where(
+        EmailJob.status == JobStatus.SENT, EmailJob.sent_at >= since, *conditions)  # type: ignore[arg-type]
+    sending = select(func.count()).select_from(EmailJob).where(
+        EmailJob.status == JobStatus.SENDING, *conditions)  # type: ignore[arg-type]
+    return (session.scalar(sent) or 0) + (session.scalar(sending) or 0)
+
+
+def remaining_today(session: Session, campaign: Campaign, now: datetime) -> int:
+    """The campaign's daily cap, and its sender address's cap, minus what each has used today (local day)."""
+    since = local_day_start(zone_or_utc(campaign.timezone), now)
+    left = campaign.daily_cap - _used_today(session, since, EmailJob.campaign_id == campaign.id)
+    sender = (campaign.sender_email or "").lower()
+    limit = session.scalar(select(SenderLimit).where(SenderLimit.email == sender)) if sender else None
+    if limit is not None:
+        same_sender = EmailJob.campaign_id.in_(select(Campaign.id).where(func.lower(Campaign.sender_email) == sender))
+        left = min(left, limit.daily_cap - _used_today(session, since, same_sender))
+    return max(left, 0)
+
+
+def _lock(session: Session, campaign: Campaign) -> None:
+    # Serialises budget arithmetic per campaign and per sender address across concurrent senders.
+    if is_postgresql(session):
+        # populate_existing: read next_send_at as it is once the lock is ours, not as first loaded.
+        session.execute(select(Campaign).where(Campaign.id == campaign.id).with_for_update()
+                        .execution_options(populate_existing=True))
+        sender = (campaign.sender_email or "").lower()
+        session.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
+
+
+def _claim_step(session: Session, campaign_id: int, due_before: datetime, now: datetime, follow_ups: bool,
+                limit: int) -> list[int]:
+    step = EmailJob.step_number > 1 if follow_ups else EmailJob.step_number == 1
+    due = (select(EmailJob.id)
+           .where(EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.PENDING, step,
+                  EmailJob.due_at <= due_before)
+           .order_by(EmailJob.due_at, EmailJob.id).limit(limit))
+    if is_postgresql(session):
+        due = due.with_for_update(skip_locked=True)
+    # A MATERIALIZED CTE runs the LIMITed, SKIP LOCKED select exactly once: as `id IN (subquery)`
+    # PostgreSQL may re-run the subquery per row and take more rows than the limit (seen: 4 for 2).
+    chosen = due.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+    return list(session.scalars(
+        update(EmailJob)
+        .where(EmailJob.id == chosen.c.id, EmailJob.status == JobStatus.PENDING)
+        .values(status=JobStatus.SENDING, attempts=EmailJob.attempts + 1, claimed_at=now)
+        .returning(EmailJob.id)
+    ))
+
+
+def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int) -> list[int]:
+    """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first."""
+    _lock(session, campaign)
+    budget = min(limit, remaining_today(session, campaign, now))
+    if campaign.send_gap_seconds > 0:
+        if campaign.next_send_at is not None and campaign.next_send_at > now:
+            return []
+        budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the next
+    if budget <= 0:
+        return []
+    claimed = _claim_step(session, campaign.id, due_before, now, True, budget)
+    if len(claimed) < budget:
+        claimed += _claim_step(session, campaign.id, due_before, now, False, budget - len(claimed))
+    if claimed and campaign.send_gap_seconds > 0:
+        campaign.next_send_at = now + timedelta(seconds=campaign.send_gap_seconds * (1 + random.random()))
+    return sorted(claimed)
+
+
+def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]:
+    return list(session.scalars(
+        select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE, select(EmailJob.id).where(
+            EmailJob.campaign_id == Campaign.id, EmailJob.status == JobStatus.PENDING,
+            EmailJob.due_at <= due_before).exists()).order_by(Campaign.id)
+    ))
+
+
+def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime) -> list[int]:
+    """Mark up to `limit` due, in-window, within-budget jobs SENDING and return their ids."""
+    claimed: list[int] = []
+    for campaign_id in campaigns_with_due_jobs(session, due_before):
+        if len(claimed) >= limit:
+            break
+        campaign = session.get_one(Campaign, campaign_id)
+        claimed += claim_for_campaign(session, campaign, due_before, now, limit - len(claimed))
+    return claimed

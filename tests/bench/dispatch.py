@@ -1,0 +1,257 @@
+"""Benchmark: 100,000 due jobs in PostgreSQL dispatched through the real `postmarker` client to the fake Postmark.
+
+    .venv/bin/python tests/bench/dispatch.py [--jobs 100000] [--latency 0 0.1] [--concurrency 1 8]
+                                             [--launch-leads 1000000] [--server-url postgresql://...]
+
+For each latency (seconds the fake sleeps per request) it measures, in the same run:
+
+- the ceiling: the same fake fed pre-built 500-message batches (the messages our path builds) by a bare
+  `http.client` client, no database, over as many connections as the dispatch uses;
+- ours: `dispatch_due` from a fresh set of due jobs (claim, compose, send, record; nothing skipped).
+
+It prints emails/s for both, `ratio_vs_ceiling=` (targets: >= 0.5 with no latency, >= 0.8 with 100 ms)
+and `duplicates=` at the fake (must be 0). Then it times launching a campaign of `--launch-leads` leads
+(`launch_campaign`: pre-flight + the first jobs) against a bare `INSERT ... SELECT` of the same rows
+(`ratio_vs_bare_insert=`, target <= 1.2). The fake runs in its own process, as a real endpoint would.
+Not collected by pytest (the file name does not start with test_).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import secrets
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign, launch_campaign  # noqa: E402
+from outreach_pipeline.core.compose import SenderConfig  # noqa: E402
+from outreach_pipeline.core.delivery import SendPolicy, dispatch_due  # noqa: E402
+from outreach_pipeline.core.templates import TemplateInput, save_template  # noqa: E402
+from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
+from outreach_pipeline.db.models import Campaign, User  # noqa: E402
+from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
+from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
+from tests.fakes.postmark import FakePostmark  # noqa: E402
+
+TOKEN = "bench-token"
+CONFIG = SenderConfig("team@sender.example", "inbound.sender.example", "https://outreach.example")
+
+
+def _serve(connection: Connection) -> None:
+    sys.setswitchinterval(0.0005)  # many sleeping handler threads wake on time
+    with FakePostmark(server_token=TOKEN) as fake:
+        connection.send(fake.url)
+        while (command := connection.recv()) != "stop":
+            name, _, value = command.partition(" ")
+            if name == "latency":
+                fake.latency_s = float(value)
+            elif name == "reset":
+                fake.reset()
+            messages = fake.messages if name == "count" else []
+            job_ids = [m.get("Metadata", {}).get("job_id") for m in messages]
+            connection.send({"messages": len(messages), "duplicates": len(job_ids) - len(set(job_ids))})
+
+
+class RemoteFake:
+    def __init__(self) -> None:
+        self._connection, child = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(target=_serve, args=(child,), daemon=True)
+        self._process.start()
+        self.url: str = self._connection.recv()
+
+    def ask(self, command: str) -> dict[str, int]:
+        self._connection.send(command)
+        return self._connection.recv()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self._connection.send("stop")
+        self._process.join(timeout=10)
+
+
+def _message(n: int) -> dict[str, Any]:
+    """The shape our compose step sends (same fields, similar sizes)."""
+    token = secrets.token_hex(8)
+    link = f"https://outreach.example/unsubscribe/{token}"
+    return {"From": "Ada <ada@sender.example>", "To": f"lead{n}@bench.example", "Subject": "Freight costs at Acme",
+            "TextBody": f"Hi Lead{n},\n\nWe cut freight costs by 12%.\n\nAda\n\n--\nUnsubscribe: {link}\n",
+            "HtmlBody": f"<div>Hi Lead{n},<br>\n<br>\nWe cut freight costs by 12%.</div><p><a href=\"{link}\">"
+                        "Unsubscribe</a></p>",
+            "ReplyTo": f"reply+{token}@inbound.sender.example",
+            "Headers": [{"Name": "List-Unsubscribe", "Value": f"<{link}>"},
+                        {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}],
+            "Metadata": {"job_id": str(n), "campaign_id": "1", "step": "1"}, "Tag": "campaign-1",
+            "MessageStream": "outbound", "TrackOpens": False}
+
+
+def ceiling(url: str, jobs: int, connections: int) -> float:
+    """Messages/s of pre-built 500-message batches posted by bare keep-alive HTTP clients."""
+    bodies = [json.dumps([_message(n) for n in range(start, min(start + 500, jobs))]).encode()
+              for start in range(0, jobs, 500)]
+    parts = urlsplit(url)
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+
+    def post_all() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port)
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "X-Postmark-Server-Token": TOKEN}
+        while True:
+            with lock:
+                if not queue:
+                    break
+                body = queue.pop()
+            conn.request("POST", "/email/batch", body=body, headers=headers)
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=post_all) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return jobs / (time.perf_counter() - started)
+
+
+def seed_due_jobs(url: str, jobs: int) -> int:
+    """A one-step ACTIVE campaign with `jobs` leads, launched an hour ago: `jobs` due step-1 jobs."""
+    sessions = make_session_factory(create_db_engine(url))
+    with session_scope(sessions) as session:
+        user = User(email=f"bench-{secrets.token_hex(4)}@example.com")
+        session.add(user)
+        session.flush()
+        campaign = create_campaign(session, user.id, CampaignCreate(
+            name="Bench", sender_name="Ada", sender_email="ada@sender.example"))
+        campaign.daily_cap = 10 * jobs  # the cap is not what is measured here
+        _insert_leads(session, campaign.id, jobs)
+        save_template(session, campaign, TemplateInput(
+            step_number=1, subject="Freight costs at {{company}}",
+            body="Hi {{first_name|there}},\n\nWe cut freight costs by 12%.\n\nAda"))
+        launch_campaign(session, campaign, now=datetime.now(UTC) - timedelta(hours=1))
+        campaign_id = campaign.id
+    sessions.kw["bind"].dispose()
+    return campaign_id
+
+
+def _insert_leads(session: Any, campaign_id: int, count: int) -> None:
+    session.execute(text(
+        "INSERT INTO leads (campaign_id, email, email_key, first_name, company, custom_fields, status, "
+        "reply_token, created_at) SELECT :c, 'lead' || n || '@c' || :c || '.example', "
+        "'lead' || n || '@c' || :c || '.example', 'Lead' || n, 'Company ' || n, '{}'::jsonb, 'PENDING', "
+        "md5(:c || '-' || n), now() FROM generate_series(1, :count) AS n"), {"c": campaign_id, "count": count})
+
+
+def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> float:
+    seed_due_jobs(url, jobs)
+    sessions = make_session_factory(create_db_engine(url, pool_size=concurrency + 2))
+    mailer = PostmarkMailer(TOKEN, fake.url, "outbound")
+    started = time.perf_counter()
+    report = dispatch_due(sessions, mailer, CONFIG, datetime.now(UTC),
+                          policy=SendPolicy(batch_size=500, concurrency=concurrency))
+    seconds = time.perf_counter() - started
+    sessions.kw["bind"].dispose()
+    assert report.sent == jobs, report
+    return jobs / seconds
+
+
+def launch_vs_bare_insert(url: str, leads: int) -> tuple[float, float]:
+    sessions = make_session_factory(create_db_engine(url))
+    with session_scope(sessions) as session:
+        user = User(email=f"launch-{secrets.token_hex(4)}@example.com")
+        session.add(user)
+        session.flush()
+        campaign = create_campaign(session, user.id, CampaignCreate(name="Launch", sender_email="a@b.example"))
+        _insert_leads(session, campaign.id, leads)
+        save_template(session, campaign, TemplateInput(step_number=1, subject="Hi", body="Hi {{first_name|there}}"))
+        campaign_id = campaign.id
+    with session_scope(sessions) as session:
+        session.execute(text("ANALYZE leads"))
+    # The floor: the same rows, one bare INSERT ... SELECT into the same table, then removed again.
+    with session_scope(sessions) as session:
+        started = time.perf_counter()
+        session.execute(text(
+            "INSERT INTO email_jobs (campaign_id, lead_id, step_number, due_at, status, attempts, created_at) "
+            "SELECT :c, id, 1, now(), 'PENDING', 0, now() FROM leads WHERE campaign_id = :c"), {"c": campaign_id})
+        session.commit()
+        bare = time.perf_counter() - started
+        session.execute(text("DELETE FROM email_jobs WHERE campaign_id = :c"), {"c": campaign_id})
+    with session_scope(sessions) as session:
+        started = time.perf_counter()
+        queued = launch_campaign(session, session.get_one(Campaign, campaign_id))
+        session.commit()
+        ours = time.perf_counter() - started
+    assert queued == leads, queued
+    sessions.kw["bind"].dispose()
+    return bare, ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 0.1])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
+                        help="batches in flight, one per latency (default: 1 with none, 8 with 100 ms)")
+    parser.add_argument("--launch-leads", type=int, default=1_000_000)
+    parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+
+    fake = RemoteFake()
+    try:
+        for latency, concurrency in zip(args.latency, args.concurrency, strict=True):
+            name = f"outreach_bench_{secrets.token_hex(4)}"
+            with psycopg.connect(args.server_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            url = make_url(args.server_url).set(database=name).render_as_string(hide_password=False)
+            try:
+                upgrade_database(url)
+                fake.ask(f"latency {latency}")
+                fake.ask("reset")
+                bare = ceiling(fake.url, args.jobs, concurrency)
+                fake.ask("reset")
+                ours = dispatch(url, fake, args.jobs, concurrency)
+                counted = fake.ask("count")
+            finally:
+                with psycopg.connect(args.server_url, autocommit=True) as admin:
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            print(f"jobs={args.jobs} latency_s={latency} concurrency={concurrency}")
+            print(f"ceiling_emails_per_s={bare:,.0f} dispatch_emails_per_s={ours:,.0f} "
+                  f"ratio_vs_ceiling={ours / bare:.2f} messages_at_fake={counted['messages']} "
+                  f"duplicates={counted['duplicates']}")
+    finally:
+        fake.stop()
+
+    if args.launch_leads:
+        name = f"outreach_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(args.server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = make_url(args.server_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            upgrade_database(url)
+            bare, ours = launch_vs_bare_insert(url, args.launch_leads)
+        finally:
+            with psycopg.connect(args.server_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        print(f"launch_leads={args.launch_leads} bare_insert_select_s={bare:.2f} launch_s={ours:.2f} "
+              f"ratio_vs_bare_insert={ours / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()

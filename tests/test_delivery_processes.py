@@ -1,0 +1,168 @@
+"""Exactly once across real processes: a SIGKILL between the provider's answer and our commit, and
+several sender processes on one PostgreSQL database, all through the real postmarker client.
+
+Run as a script (`python -m tests.test_delivery_processes DB_URL POSTMARK_URL TOKEN BATCH CONCURRENCY`)
+this module is one sender process: it sends every due job once and prints its report as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
+from outreach_pipeline.core.compose import SenderConfig
+from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, SendPolicy, dispatch_due
+from outreach_pipeline.core.templates import TemplateInput, save_template
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, User
+from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
+from outreach_pipeline.mail.postmark import PostmarkMailer
+from tests.fakes.postmark import FakePostmark
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = SenderConfig("team@sender.example", "inbound.sender.example", "https://outreach.example")
+
+
+@dataclass(frozen=True)
+class Seeded:
+    campaign_id: int
+    owner_id: int
+
+
+def seed_campaign(sessions: sessionmaker[Session], leads: int, *, owner_email: str = "op@company.example",
+                  **settings: Any) -> Seeded:
+    """An ACTIVE one-step campaign whose `leads` leads each have a step-1 job due an hour ago."""
+    with session_scope(sessions) as session:
+        owner = session.scalar(select(User).where(User.email == owner_email))
+        if owner is None:
+            owner = User(email=owner_email)
+            session.add(owner)
+            session.flush()
+        campaign = create_campaign(session, owner.id, CampaignCreate(
+            name="Bulk", sender_name="Ada", sender_email="ada@sender.example",
+            steps=settings.pop("steps", [StepSpec()]), **settings))
+        session.execute(insert(Lead), [
+            {"campaign_id": campaign.id, "email": f"lead{n}@c{campaign.id}.example",
+             "email_key": f"lead{n}@c{campaign.id}.example", "first_name": f"L{n}", "company": "Acme",
+             "custom_fields": {}, "reply_token": f"t{campaign.id}x{n}"} for n in range(leads)])
+        for step in campaign.steps:
+            save_template(session, campaign, TemplateInput(step_number=step.number, subject="Hello {{company}}",
+                                                           body="Hi {{first_name|there}}, step %d." % step.number))
+        launch_campaign(session, campaign, now=datetime.now(UTC) - timedelta(hours=1))
+        return Seeded(campaign.id, owner.id)
+
+
+def _job_statuses(sessions: sessionmaker[Session], campaign_id: int) -> Counter[JobStatus]:
+    with session_scope(sessions) as session:
+        return Counter(session.scalars(select(EmailJob.status).where(EmailJob.campaign_id == campaign_id)))
+
+
+def _sender(database_url: str, fake: FakePostmark, batch: int, concurrency: int,
+            env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.test_delivery_processes", database_url, fake.url, fake.server_token,
+         str(batch), str(concurrency)],
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_a_sender_killed_after_the_provider_accepted_is_reconciled_and_nothing_is_sent_twice(
+    postgres_url: str, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 30)
+        # The sender sleeps between the provider's answer and its commit; we SIGKILL it there.
+        sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=1, env={PAUSE_AFTER_SEND_ENV: "60"})
+        try:
+            _wait_for(lambda: len(fake_postmark.messages) >= 10, 60, "the first batch at the provider")
+            time.sleep(0.2)  # nothing more arrives: the sender is asleep before recording
+        finally:
+            os.kill(sender.pid, signal.SIGKILL)
+            sender.wait(10)
+        assert sender.returncode == -signal.SIGKILL
+        accepted = {m["Metadata"]["job_id"]: m["MessageID"] for m in fake_postmark.messages}
+        assert len(accepted) == 10
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.PENDING: 20}
+
+        # While the lease runs, a new run leaves the 10 alone (their sender might still be alive)...
+        live = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
+                            CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10))
+        assert (live.sent, live.reconciled_sent) == (20, 0)
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.SENT: 20}
+        # ...and once it has passed, the reconciler asks the provider and records them, sending nothing.
+        before = len(fake_postmark.messages)
+        later = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
+                             CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10, lease=timedelta(0)))
+        assert (later.reconciled_sent, later.reconciled_requeued, later.sent, later.claimed) == (10, 0, 0, 0)
+        assert len(fake_postmark.messages) == before == 30
+        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+        assert set(per_job.values()) == {1}
+        with session_scope(sessions) as session:
+            jobs = session.execute(select(EmailJob.id, EmailJob.status, EmailJob.provider_message_id)
+                                   .where(EmailJob.campaign_id == seeded.campaign_id)).all()
+        assert {status for _, status, _ in jobs} == {JobStatus.SENT}
+        for job_id, _, message_id in jobs:
+            if str(job_id) in accepted:
+                assert message_id == accepted[str(job_id)]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_several_sender_processes_on_one_database_send_each_job_exactly_once(
+    postgres_url: str, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 600, daily_cap=1000)
+        fake_postmark.latency_s = 0.01  # batches overlap in time across the processes
+        senders = [_sender(postgres_url, fake_postmark, batch=20, concurrency=2) for _ in range(4)]
+        reports = []
+        for sender in senders:
+            out, err = sender.communicate(timeout=90)
+            assert sender.returncode == 0, err
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+        assert len(per_job) == 600
+        assert max(per_job.values()) == 1, [job for job, n in per_job.items() if n > 1]
+        assert sum(r["sent"] for r in reports) == 600
+        assert sum(1 for r in reports if r["sent"] > 0) >= 2  # the work really was shared
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 600}
+    finally:
+        engine.dispose()
+
+
+def _main(argv: list[str]) -> None:
+    database_url, api_url, token, batch, concurrency = argv
+    sessions = make_session_factory(create_db_engine(database_url))
+    report = dispatch_due(sessions, PostmarkMailer(token, api_url, "outbound"), CONFIG, datetime.now(UTC),
+                          policy=SendPolicy(batch_size=int(batch), concurrency=int(concurrency)))
+    print(json.dumps(report.as_metadata()))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

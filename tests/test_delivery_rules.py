@@ -1,0 +1,244 @@
+"""When and how much: windows per lead timezone, daily caps per campaign and sender, the gap, pause and
+resume; and how each Postmark answer is handled. Real databases, real postmarker over HTTP to the fake."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, pause_campaign, resume_campaign
+from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
+from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, Suppression
+from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
+from outreach_pipeline.mail.message import MailerAccountError
+from outreach_pipeline.mail.postmark import PostmarkMailer
+from tests.fakes.postmark import FakePostmark
+from tests.test_delivery_processes import CONFIG, seed_campaign
+
+QUICK = SendPolicy(batch_size=50, max_retries=2, backoff_base_s=0.01)
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def send(sessions: sessionmaker[Session], fake: FakePostmark, now: datetime | None = None,
+         policy: SendPolicy = QUICK, **mailer: Any) -> DispatchReport:
+    now = now or datetime.now(UTC)
+    postmark = PostmarkMailer(fake.server_token, mailer.pop("url", fake.url), "outbound", **mailer)
+    return dispatch_due(sessions, postmark, CONFIG, now, policy=policy, now=now)
+
+
+def jobs(sessions: sessionmaker[Session], campaign_id: int) -> list[tuple[str, int, JobStatus, datetime]]:
+    with session_scope(sessions) as session:
+        return [tuple(row) for row in session.execute(  # type: ignore[misc]
+            select(Lead.email, EmailJob.step_number, EmailJob.status, EmailJob.due_at)
+            .join(Lead, Lead.id == EmailJob.lead_id).where(EmailJob.campaign_id == campaign_id)
+            .order_by(EmailJob.step_number, Lead.id))]
+
+
+def set_lead_timezones(sessions: sessionmaker[Session], campaign_id: int, zones: list[str | None]) -> None:
+    with session_scope(sessions) as session:
+        leads = session.scalars(select(Lead).where(Lead.campaign_id == campaign_id).order_by(Lead.id)).all()
+        for lead, zone in zip(leads, zones, strict=True):
+            lead.timezone = zone
+
+
+# --- the window ----------------------------------------------------------------------------------
+
+
+def test_each_lead_gets_mail_inside_the_window_of_its_own_timezone(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 3, timezone="Europe/Berlin", window_start_hour=9, window_end_hour=17,
+                           send_days="01234")
+    set_lead_timezones(sessions, seeded.campaign_id, [None, "Asia/Tokyo", "America/New_York"])
+    tuesday_noon_berlin = datetime(2026, 12, 1, 11, tzinfo=UTC)  # 20:00 in Tokyo, 06:00 in New York
+
+    report = send(sessions, fake_postmark, tuesday_noon_berlin)
+
+    assert (report.sent, report.deferred) == (1, 2)
+    assert [m["To"] for m in fake_postmark.messages] == [f"lead0@c{seeded.campaign_id}.example"]
+    rows = jobs(sessions, seeded.campaign_id)
+    assert [(status, due) for _, _, status, due in rows[1:]] == [
+        (JobStatus.PENDING, datetime(2026, 12, 2, 0, tzinfo=UTC)),  # Wednesday 09:00 Tokyo
+        (JobStatus.PENDING, datetime(2026, 12, 1, 14, tzinfo=UTC)),  # today 09:00 New York
+    ]
+    # At 09:00 in New York the third lead's mail goes; Tokyo's waits for its morning.
+    later = send(sessions, fake_postmark, datetime(2026, 12, 1, 14, 5, tzinfo=UTC))
+    assert later.sent == 1 and fake_postmark.messages[-1]["To"] == f"lead2@c{seeded.campaign_id}.example"
+
+
+def test_a_weekend_waits_for_monday_morning(sessions: sessionmaker[Session], fake_postmark: FakePostmark) -> None:
+    seeded = seed_campaign(sessions, 2, timezone="America/New_York", window_start_hour=8, window_end_hour=18,
+                           send_days="01234")
+    saturday = datetime(2026, 11, 28, 15, tzinfo=UTC)
+
+    assert send(sessions, fake_postmark, saturday).sent == 0
+    assert fake_postmark.requests == 0
+    assert {due for *_, due in jobs(sessions, seeded.campaign_id)} == {datetime(2026, 11, 30, 13, tzinfo=UTC)}
+
+
+# --- caps and gap --------------------------------------------------------------------------------
+
+
+def test_a_sender_address_cap_spans_its_campaigns(sessions: sessionmaker[Session], fake_postmark: FakePostmark) -> None:
+    first = seed_campaign(sessions, 3)
+    second = seed_campaign(sessions, 3)
+    with session_scope(sessions) as session:
+        session.add(SenderLimit(email="ada@sender.example", daily_cap=4))
+
+    assert send(sessions, fake_postmark).sent == 4
+    assert send(sessions, fake_postmark).sent == 0
+    statuses = [status for c in (first, second) for _, _, status, _ in jobs(sessions, c.campaign_id)]
+    assert statuses.count(JobStatus.SENT) == 4 and statuses.count(JobStatus.PENDING) == 2
+
+
+def test_follow_ups_go_before_first_emails_when_the_cap_is_tight(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 3, steps=[StepSpec(), StepSpec(delay_days=2)])
+    assert send(sessions, fake_postmark).sent == 3
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, seeded.campaign_id)
+        # Three new leads arrive and the follow-ups fall due; only two more emails fit today.
+        for n in range(3):
+            session.add(Lead(campaign_id=campaign.id, email=f"new{n}@x.example", email_key=f"new{n}@x.example",
+                             first_name="N", company="Acme", custom_fields={}, reply_token=f"new{n}x{campaign.id}"))
+        session.flush()
+        schedule_first_jobs(session, campaign, datetime.now(UTC) - timedelta(minutes=5))
+        session.execute(update(EmailJob).where(EmailJob.step_number == 2)
+                        .values(due_at=datetime.now(UTC) - timedelta(minutes=1)))
+        campaign.daily_cap = 5
+
+    report = send(sessions, fake_postmark)
+
+    assert report.sent == 2
+    assert [m["Subject"] for m in fake_postmark.messages[3:]] == ["Re: Hello Acme", "Re: Hello Acme"]
+    assert sum(1 for _, step, status, _ in jobs(sessions, seeded.campaign_id)
+               if step == 1 and status == JobStatus.PENDING) == 3
+
+
+def test_a_random_gap_spreads_one_campaigns_sends(sessions: sessionmaker[Session], fake_postmark: FakePostmark) -> None:
+    seeded = seed_campaign(sessions, 3, )
+    with session_scope(sessions) as session:
+        session.get_one(Campaign, seeded.campaign_id).send_gap_seconds = 600
+    now = datetime.now(UTC)
+
+    assert send(sessions, fake_postmark, now).sent == 1
+    assert send(sessions, fake_postmark, now + timedelta(minutes=9)).sent == 0  # the gap is 10 to 20 minutes
+    with session_scope(sessions) as session:
+        next_send = session.get_one(Campaign, seeded.campaign_id).next_send_at
+    assert next_send is not None and now + timedelta(minutes=10) <= next_send <= now + timedelta(minutes=20)
+    assert send(sessions, fake_postmark, now + timedelta(minutes=21)).sent == 1
+
+
+# --- pause and resume ----------------------------------------------------------------------------
+
+
+def test_pause_sends_nothing_and_resume_spreads_the_backlog_over_the_coming_windows(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 5, daily_cap=2, timezone="UTC", window_start_hour=9, window_end_hour=17)
+    with session_scope(sessions) as session:
+        pause_campaign(session, session.get_one(Campaign, seeded.campaign_id))
+    assert send(sessions, fake_postmark).claimed == 0
+    assert {(status, attempts) for status, attempts in _status_attempts(sessions)} == {(JobStatus.PENDING, 0)}
+
+    a_week_later = datetime(2026, 12, 1, 10, tzinfo=UTC)  # Tuesday, inside the window
+    with session_scope(sessions) as session:
+        moved = resume_campaign(session, session.get_one(Campaign, seeded.campaign_id), now=a_week_later)
+
+    assert moved == 5
+    due = sorted(d for *_, d in jobs(sessions, seeded.campaign_id))
+    # Two a day (the cap), evenly spaced within 09:00-17:00: today from now, then tomorrow, then the day after.
+    assert due == [datetime(2026, 12, 1, 10, tzinfo=UTC), datetime(2026, 12, 1, 13, 30, tzinfo=UTC),
+                   datetime(2026, 12, 2, 9, tzinfo=UTC), datetime(2026, 12, 2, 13, tzinfo=UTC),
+                   datetime(2026, 12, 3, 9, tzinfo=UTC)]
+    assert send(sessions, fake_postmark, a_week_later).sent == 1  # no burst: only what is due now
+
+
+def _status_attempts(sessions: sessionmaker[Session]) -> list[tuple[JobStatus, int]]:
+    with session_scope(sessions) as session:
+        return [tuple(r) for r in session.execute(select(EmailJob.status, EmailJob.attempts))]  # type: ignore[misc]
+
+
+# --- Postmark's answers --------------------------------------------------------------------------
+
+
+def test_error_300_fails_the_lead_without_suppressing_and_a_429_is_retried(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 2)
+    with session_scope(sessions) as session:
+        broken = session.scalars(select(Lead).where(Lead.campaign_id == seeded.campaign_id).order_by(Lead.id)).first()
+        assert broken is not None
+        broken.email = "broken@nodot"  # Postmark refuses it with ErrorCode 300
+    fake_postmark.fail_next(429)
+
+    report = send(sessions, fake_postmark)
+
+    assert (report.sent, report.failed, report.retried) == (1, 1, 1)
+    assert list(report.reasons) == ["INVALID_RECIPIENT: Invalid 'To' address: 'broken@nodot'."]
+    with session_scope(sessions) as session:
+        assert session.get_one(Lead, broken.id).status == LeadStatus.FAILED
+        assert session.scalars(select(Suppression)).all() == []
+
+
+def test_an_account_error_stops_the_run_with_every_job_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seed_campaign(sessions, 3)
+    fake_postmark.fail_next(422, {"ErrorCode": 412, "Message": "Your account is pending approval."})
+
+    with pytest.raises(MailerAccountError, match=r"\[412\] Your account is pending approval"):
+        send(sessions, fake_postmark)
+
+    assert fake_postmark.requests == 1 and fake_postmark.messages == []
+    assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
+
+
+def test_a_refused_connection_is_retried_then_every_job_goes_back_to_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seed_campaign(sessions, 2)
+    report = send(sessions, fake_postmark, url="http://127.0.0.1:9")  # nothing listens on port 9
+
+    assert (report.sent, report.retried, report.requeued, report.uncertain) == (0, 2, 2, 0)
+    assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
+
+
+def test_a_timeout_after_the_request_went_out_is_never_resent_blind(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 2)
+    fake_postmark.latency_s = 0.5  # the fake accepts the batch after our client has given up
+
+    report = send(sessions, fake_postmark, timeout=0.2)
+
+    assert (report.sent, report.retried, report.uncertain) == (0, 0, 2)
+    assert {status for _, _, status, _ in jobs(sessions, seeded.campaign_id)} == {JobStatus.SENDING}
+    fake_postmark.latency_s = 0
+    deadline = time.monotonic() + 5
+    while len(fake_postmark.messages) < 2 and time.monotonic() < deadline:  # the late batch lands
+        time.sleep(0.05)
+    # Once the lease has passed, the reconciler finds both at Postmark: recorded, not sent again.
+    settled = send(sessions, fake_postmark, datetime.now(UTC) + timedelta(minutes=16))
+    assert (settled.reconciled_sent, settled.sent) == (2, 0)
+    assert len(fake_postmark.messages) == 2
+    assert {status for _, _, status, _ in jobs(sessions, seeded.campaign_id)} == {JobStatus.SENT}
+
+
+def test_a_200_answer_without_error_code_is_a_success() -> None:
+    result = PostmarkMailer._result({"To": "a@b.example", "MessageID": "abc", "Message": "OK"})
+    assert (result.sent, result.provider_message_id, result.message_id_header) == (True, "abc", "<abc@mtasv.net>")

@@ -1,0 +1,149 @@
+"""Stop signals: each Postmark bounce type, complaints, subscription changes, opens and clicks, and the
+hard-bounce guard that pauses a campaign (an asset check on `email_sends`, run by real Dagster)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import instance_for_test, materialize
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach_pipeline.assets.sends import email_sends, send_partitions
+from outreach_pipeline.core.campaigns import StepSpec, campaign_stats
+from outreach_pipeline.core.events import handle_postmark_event
+from outreach_pipeline.core.suppression import is_suppressed
+from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus
+from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
+from outreach_pipeline.resources import resources_from_settings
+from outreach_pipeline.send_checks import hard_bounce_rate
+from outreach_pipeline.settings import Settings
+from tests.fakes.postmark import FakePostmark
+from tests.test_delivery_processes import seed_campaign
+from tests.test_delivery_rules import send
+
+FIXTURES = Path("/work/shared/fixtures/postmark")
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _payload(name: str, **changes: Any) -> dict[str, Any]:
+    return {**json.loads((FIXTURES / f"{name}.json").read_text()), **changes}
+
+
+def _sent(sessions: sessionmaker[Session], fake: FakePostmark, leads: int) -> list[tuple[int, int, str]]:
+    """A two-step campaign whose first emails went out: (lead id, first job id, provider message id)."""
+    seeded = seed_campaign(sessions, leads, steps=[StepSpec(), StepSpec(delay_days=3)])
+    send(sessions, fake)
+    with session_scope(sessions) as session:
+        return [tuple(r) for r in session.execute(  # type: ignore[misc]
+            select(EmailJob.lead_id, EmailJob.id, EmailJob.provider_message_id)
+            .where(EmailJob.campaign_id == seeded.campaign_id, EmailJob.step_number == 1).order_by(EmailJob.id))]
+
+
+def _event(sessions: sessionmaker[Session], record: str, message_id: str, n: int, **changes: Any) -> str:
+    with session_scope(sessions) as session:
+        return handle_postmark_event(session, _payload(record, MessageID=message_id, ID=n, **changes), "Bounce").outcome
+
+
+def _lead(sessions: sessionmaker[Session], lead_id: int) -> tuple[LeadStatus, bool, list[JobStatus]]:
+    with session_scope(sessions) as session:
+        lead = session.get_one(Lead, lead_id)
+        follow_up = session.scalars(select(EmailJob.status).where(EmailJob.lead_id == lead_id,
+                                                                  EmailJob.step_number == 2)).all()
+        return lead.status, is_suppressed(session, lead.campaign.owner_id, lead.email_key), list(follow_up)
+
+
+@pytest.mark.parametrize("bounce_type", ["HardBounce", "BadEmailAddress", "ManuallyDeactivated", "Blocked"])
+def test_a_hard_bounce_marks_the_lead_bounced_and_suppresses_it(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark, bounce_type: str
+) -> None:
+    (lead_id, _, message_id), (other, _, _) = _sent(sessions, fake_postmark, 2)
+    _event(sessions, "bounce", message_id, 1, Type=bounce_type)
+    assert _lead(sessions, lead_id) == (LeadStatus.BOUNCED, True, [JobStatus.SKIPPED])
+    assert _lead(sessions, other) == (LeadStatus.CONTACTED, False, [JobStatus.PENDING])
+
+
+@pytest.mark.parametrize("bounce_type", ["SoftBounce", "Transient", "DnsError"])
+def test_soft_bounces_delay_the_sequence_and_the_third_suppresses(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark, bounce_type: str
+) -> None:
+    ((lead_id, _, message_id),) = _sent(sessions, fake_postmark, 1)
+    with session_scope(sessions) as session:
+        due = session.scalars(select(EmailJob.due_at).where(EmailJob.lead_id == lead_id, EmailJob.step_number == 2)).one()
+
+    assert _event(sessions, "bounce", message_id, 1, Type=bounce_type) == f"{bounce_type} bounce recorded"
+    assert _lead(sessions, lead_id) == (LeadStatus.CONTACTED, False, [JobStatus.PENDING])
+    with session_scope(sessions) as session:
+        later = session.scalars(select(EmailJob.due_at).where(EmailJob.lead_id == lead_id, EmailJob.step_number == 2)).one()
+    assert (later - due).days == 1  # retried later
+
+    _event(sessions, "bounce", message_id, 2, Type=bounce_type)
+    assert _lead(sessions, lead_id)[:2] == (LeadStatus.CONTACTED, False)
+    _event(sessions, "bounce", message_id, 3, Type=bounce_type)
+    assert _lead(sessions, lead_id) == (LeadStatus.BOUNCED, True, [JobStatus.SKIPPED])
+
+
+def test_complaints_and_subscription_changes_suppress_and_lift(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    (complainer, _, complained), (changed, _, change_id) = _sent(sessions, fake_postmark, 2)
+    _event(sessions, "spam_complaint", complained, 7)
+    assert _lead(sessions, complainer) == (LeadStatus.UNSUBSCRIBED, True, [JobStatus.SKIPPED])
+
+    _event(sessions, "subscription_change", change_id, 0, SuppressSending=True, ChangedAt="2026-11-24T10:00:00Z")
+    assert _lead(sessions, changed)[1:] == (True, [JobStatus.SKIPPED])
+    # Reactivated at Postmark: our suppression is lifted too (a new send needs a new job).
+    _event(sessions, "subscription_change", change_id, 0, SuppressSending=False, ChangedAt="2026-11-24T11:00:00Z")
+    assert _lead(sessions, changed)[1] is False
+
+
+def test_delivery_open_and_click_are_recorded_against_the_job(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    ((_, job_id, message_id),) = _sent(sessions, fake_postmark, 1)
+    for record in ("delivery", "open", "click"):
+        assert _event(sessions, record, message_id, 0).startswith(f"job {job_id} ")
+    with session_scope(sessions) as session:
+        job = session.get_one(EmailJob, job_id)
+        assert None not in (job.delivered_at, job.opened_at, job.clicked_at)
+
+
+def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_check(
+    provider_settings: Settings, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(provider_settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 60, daily_cap=1000, steps=[StepSpec(), StepSpec(delay_days=3)])
+        with session_scope(sessions) as session:  # four of sixty addresses will turn out dead: 6.7% > 5%
+            dead = session.scalars(select(Lead.id).where(Lead.campaign_id == seeded.campaign_id).limit(4)).all()
+        key = send_partitions.get_last_partition_key()
+        with instance_for_test() as instance:
+            result = materialize([email_sends, hard_bounce_rate], partition_key=key, instance=instance,
+                                 resources=resources_from_settings(provider_settings))
+            assert result.success
+            (first_check,) = result.get_asset_check_evaluations()
+            assert first_check.passed  # nothing has bounced yet
+            with session_scope(sessions) as session:
+                session.execute(update(Lead).where(Lead.id.in_(dead)).values(status=LeadStatus.BOUNCED))
+            again = materialize([email_sends, hard_bounce_rate], partition_key=key, instance=instance,
+                                resources=resources_from_settings(provider_settings))
+        (check,) = again.get_asset_check_evaluations()
+        assert not check.passed
+        with session_scope(sessions) as session:
+            campaign = session.get_one(Campaign, seeded.campaign_id)
+            assert campaign.status == CampaignStatus.PAUSED
+            assert campaign_stats(session, campaign).paused_reason == (
+                "Paused automatically: 4 of 60 emails hard-bounced (6.7%, above 5%). Clean the lead list, then resume.")
+    finally:
+        engine.dispose()
