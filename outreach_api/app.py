@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import anyio
+import anyio.to_thread
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -15,15 +17,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 from outreach_api.auth.controller import AuthController
 from outreach_api.campaigns.controller import CampaignController
 from outreach_api.context import Services, provide_db, provide_services
-from outreach_api.errors import domain_error_handler
+from outreach_api.errors import problem_details_plugin
 from outreach_api.health import health
 from outreach_api.leads.controller import LeadController
+from outreach_api.leads.export import LeadExportController
+from outreach_api.ratelimit import auth_rate_limits
 from outreach_api.security import build_jwt_auth
 from outreach_api.templates.controller import TemplateController
 from outreach_api.unsubscribe.controller import UnsubscribeController
 from outreach_api.webhooks.controller import PostmarkWebhookController
-from outreach_pipeline.core.errors import DomainError
-from outreach_pipeline.db.session import create_db_engine, make_session_factory
+from outreach_pipeline.db.session import create_db_engine, is_sqlite, make_session_factory
 from outreach_pipeline.llm.factory import writer_from_settings
 from outreach_pipeline.mail.factory import mailer_from_settings
 from outreach_pipeline.settings import Settings, get_settings
@@ -32,7 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings) -> Services:
-    engine = create_db_engine(settings.database_url)
+    # PostgreSQL: a fixed pool, one connection per handler thread (see limit_threads in create_app).
+    pool = {} if is_sqlite(settings.database_url) else {"pool_size": settings.api_db_pool_size, "max_overflow": 0}
+    engine = create_db_engine(settings.database_url, **pool)
     return Services(settings=settings, engine=engine, sessions=make_session_factory(engine),
                     mailer=mailer_from_settings(settings), writer=writer_from_settings(settings))
 
@@ -44,9 +49,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if not settings.webhook_password:
         log.warning("WEBHOOK_PASSWORD is not set: every webhook is refused with 401.")
     jwt_auth = build_jwt_auth(secret, settings.jwt_ttl_hours)
+    rate_limits = auth_rate_limits(settings)
 
     async def dispose_engine() -> None:
         services.engine.dispose()
+
+    async def limit_threads(app: Litestar) -> None:
+        # Sync handlers run on anyio's worker threads (40 by default): no more of them than connections,
+        # so a burst queues for a thread rather than for the pool. Commits have threads of their own
+        # (outreach_api/context.py says why).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_db_pool_size
+        app.state.db_finishers = anyio.CapacityLimiter(settings.api_db_pool_size)
 
     return Litestar(
         route_handlers=[
@@ -54,13 +67,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuthController,
             CampaignController,
             LeadController,
+            LeadExportController,
             TemplateController,
             PostmarkWebhookController,
             UnsubscribeController,
         ],
         dependencies={"db": Provide(provide_db), "services": Provide(provide_services, sync_to_thread=False)},
-        exception_handlers={DomainError: domain_error_handler},
+        plugins=[problem_details_plugin()],
+        middleware=[rate_limits.per_client, rate_limits.per_address],
+        request_max_body_size=settings.max_request_body_bytes,
         on_app_init=[jwt_auth.on_app_init],
+        on_startup=[limit_threads],
         on_shutdown=[dispose_engine],
         state=State({"services": services, "jwt_auth": jwt_auth}),
         openapi_config=OpenAPIConfig(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio.to_thread
 from litestar.datastructures import State
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,14 +33,28 @@ def provide_services(state: State) -> Services:
     return state.services  # type: ignore[no-any-return]
 
 
-def provide_db(state: State) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, rolled back when it raises."""
-    session = state.services.sessions()
+def _end(session: Session, commit: bool) -> None:
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
     finally:
         session.close()
+
+
+async def provide_db(state: State) -> AsyncIterator[Session]:
+    """One transaction per request: committed when the handler returns, rolled back when it raises.
+
+    The commit runs on a thread of its own limiter (`state.db_finishers`), not the handlers' one: if it
+    queued behind handler threads that wait for a pooled connection, the connection it would give back
+    could never come back, and a burst of requests would stall until the pool timed out.
+    """
+    session = state.services.sessions()
+    commit = False
+    try:
+        yield session
+        commit = True
+    finally:
+        # Set at startup; an app driven without its lifespan falls back to the default limiter.
+        await anyio.to_thread.run_sync(_end, session, commit, limiter=state.get("db_finishers"))

@@ -1,15 +1,26 @@
-"""Domain errors become HTTP answers with a clear message, never a 500."""
+"""Every error answers in one shape: RFC 9457 problem details (`application/problem+json`), never a bare 500.
+
+`{"type", "title", "status", "detail"}` plus `extra` when there is more to say: the fields a validation
+error names (`[{"key", "message", "source"}]`) or every problem a launch pre-flight found.
+"""
 
 from __future__ import annotations
 
+import logging
+from http import HTTPStatus
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from sqlalchemy.exc import DataError
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_502_BAD_GATEWAY,
 )
 
 from outreach_pipeline.core.errors import (
@@ -19,6 +30,9 @@ from outreach_pipeline.core.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from outreach_pipeline.llm.brief import WriterUnavailableError
+
+log = logging.getLogger(__name__)
 
 STATUS_FOR: dict[type[DomainError], int] = {
     NotFoundError: HTTP_404_NOT_FOUND,
@@ -28,9 +42,52 @@ STATUS_FOR: dict[type[DomainError], int] = {
 }
 
 
-def domain_error_handler(_request: Request[Any, Any, Any], error: DomainError) -> Response[dict[str, Any]]:
+def problem(status: int, detail: str, *, extra: Any = None, headers: dict[str, str] | None = None) -> ProblemDetailsException:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    # A list travels as `extra`; a mapping would be spread over the top level, so it is wrapped too.
+    wrapped = {"extra": extra} if isinstance(extra, dict) else extra
+    return ProblemDetailsException(status_code=status, detail=detail, title=title, type_="about:blank",
+                                   extra=wrapped or None, headers=headers)
+
+
+def from_domain_error(error: DomainError) -> ProblemDetailsException:
     status = next((code for kind, code in STATUS_FOR.items() if isinstance(error, kind)), 400)
-    body: dict[str, Any] = {"status_code": status, "detail": error.message}
-    if error.details is not None:
-        body["extra"] = error.details
-    return Response(body, status_code=status, media_type=MediaType.JSON)
+    return problem(status, error.message, extra=error.details)
+
+
+def from_http_exception(error: HTTPException) -> ProblemDetailsException:
+    return problem(error.status_code, error.detail, extra=error.extra, headers=error.headers)
+
+
+def from_undecodable(_error: UnicodeDecodeError) -> ProblemDetailsException:
+    return problem(HTTP_400_BAD_REQUEST, "The request body is not valid UTF-8.")
+
+
+def from_out_of_range(error: Exception) -> ProblemDetailsException:
+    # A value the database cannot hold (an id past 64 bits, text with a NUL byte, a string over its column).
+    log.info("value out of range for the database: %s", type(error).__name__)
+    return problem(HTTP_400_BAD_REQUEST, "A value in the request is out of range or cannot be stored.")
+
+
+def from_writer_unavailable(error: WriterUnavailableError) -> ProblemDetailsException:
+    # The model endpoint is down or refusing: our gateway's fault, not the caller's; retrying later helps.
+    log.warning("template writer unavailable: %s", error)
+    return problem(HTTP_502_BAD_GATEWAY, f"The language model is unavailable, try again later: {error}")
+
+
+def from_unexpected(error: Exception) -> ProblemDetailsException:
+    # Logged here because the answer says nothing about the cause, on purpose.
+    log.error("unhandled error", exc_info=error)
+    return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Something went wrong on our side; it has been logged.")
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
+        DomainError: from_domain_error,
+        WriterUnavailableError: from_writer_unavailable,
+        HTTPException: from_http_exception,
+        UnicodeDecodeError: from_undecodable,
+        OverflowError: from_out_of_range,
+        DataError: from_out_of_range,
+        Exception: from_unexpected,
+    }))

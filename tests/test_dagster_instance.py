@@ -82,13 +82,14 @@ def test_dagster_definitions_validate_accepts_the_workspace(tmp_path: Path) -> N
     assert "All code locations passed validation." in output
 
 
-def test_defs_wire_the_sensor_the_send_schedule_and_the_three_assets() -> None:
+def test_defs_wire_the_sensors_the_send_schedule_and_the_assets() -> None:
     repository = defs.get_repository_def()
 
     assert sorted(key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()) == [
-        "campaign_templates", "email_sends", "lead_file_import"]
+        "campaign_templates", "email_sends", "lead_file_import", "lead_openers"]
     assert [(s.name, s.job_name, s.default_status, s.minimum_interval_seconds) for s in repository.sensor_defs] == [
-        ("leads_bucket_sensor", "ingest_leads_job", DefaultSensorStatus.RUNNING, 15)]
+        ("leads_bucket_sensor", "ingest_leads_job", DefaultSensorStatus.RUNNING, 15),
+        ("opener_batches_sensor", "lead_openers_job", DefaultSensorStatus.RUNNING, 60)]
     (schedule,) = repository.schedule_defs
     assert (schedule.name, schedule.job_name, schedule.cron_schedule, schedule.execution_timezone,
             schedule.default_status) == (
@@ -98,7 +99,7 @@ def test_defs_wire_the_sensor_the_send_schedule_and_the_three_assets() -> None:
     assert send_job.partitions_def is not None
     assert send_job.partitions_def == defs.resolve_assets_def("email_sends").partitions_def
     assert sorted(repository.job_names) == sorted(
-        ["__ASSET_JOB", "generate_templates_job", "ingest_leads_job", "send_emails_job"])
+        ["__ASSET_JOB", "generate_templates_job", "ingest_leads_job", "lead_openers_job", "send_emails_job"])
 
 
 def test_send_runs_carry_the_tag_that_dagster_yaml_limits_to_one_concurrent_run(

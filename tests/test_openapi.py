@@ -13,6 +13,7 @@ EXPECTED_ROUTES = {
     ("post", "/api/campaigns/{campaign_id}/launch"), ("post", "/api/campaigns/{campaign_id}/pause"),
     ("post", "/api/campaigns/{campaign_id}/resume"), ("post", "/api/campaigns/{campaign_id}/duplicate"),
     ("post", "/api/campaigns/{campaign_id}/leads"), ("get", "/api/campaigns/{campaign_id}/leads"),
+    ("get", "/api/campaigns/{campaign_id}/leads/export"),
     ("post", "/api/campaigns/{campaign_id}/leads/import"), ("post", "/api/campaigns/{campaign_id}/leads/copy"),
     ("post", "/api/campaigns/{campaign_id}/templates"), ("get", "/api/campaigns/{campaign_id}/templates"),
     ("patch", "/api/campaigns/{campaign_id}/templates/{template_id}"),

@@ -14,6 +14,7 @@ from outreach_pipeline.core import campaigns as core
 from outreach_pipeline.db.models import CampaignStatus
 
 Req = Request[CurrentUser, Any, Any]
+MAX_OFFSET = 10_000_000  # deeper than any real list; keeps the number inside what the database takes
 
 
 class CampaignController(Controller):
@@ -27,7 +28,7 @@ class CampaignController(Controller):
     @get("/", sync_to_thread=True)
     def list(
         self, request: Req, db: Session, status: CampaignStatus | None = None,
-        limit: int = Parameter(default=50, ge=1, le=500), offset: int = Parameter(default=0, ge=0),
+        limit: int = Parameter(default=50, ge=1, le=500), offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
     ) -> CampaignPage:
         items, total = core.list_campaigns(db, request.user.id, status, limit, offset)
         return CampaignPage(items=[campaign_out(c) for c in items], total=total, limit=limit, offset=offset)

@@ -51,7 +51,22 @@ def basic_auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
                                      headers={"WWW-Authenticate": 'Basic realm="webhooks"'})
 
 
+MAX_RECORD_TYPE = 32  # the width of webhook_events.record_type
+MAX_ID = 150  # event keys (ID or MessageID, plus a timestamp) must fit webhook_events.provider_id
+
+
+def _check_shape(payload: dict[str, Any], record_type: str) -> None:
+    """Refuse what the store cannot hold with a 422, before anything is written."""
+    if len(record_type) > MAX_RECORD_TYPE:
+        raise InvalidInputError(f"RecordType is longer than {MAX_RECORD_TYPE} characters.")
+    for field in ("ID", "MessageID"):
+        if len(str(payload.get(field) or "")) > MAX_ID:
+            raise InvalidInputError(f"{field} is longer than {MAX_ID} characters.")
+
+
 def _handle(db: Session, payload: dict[str, Any], record_type: str) -> EventOut:
+    record_type = str(payload.get("RecordType") or record_type)
+    _check_shape(payload, record_type)
     try:
         result = handle_postmark_event(db, payload, record_type)
     except ValueError as error:
@@ -63,6 +78,8 @@ class PostmarkWebhookController(Controller):
     path = "/api/webhooks/postmark"
     tags = ["webhooks"]
     guards = [basic_auth_guard]
+    # Postmark posts inbound mail of up to 35 MB with attachments base64-encoded; checked after the guard.
+    request_max_body_size = 50 * 1024 * 1024
 
     @post("/", status_code=200, sync_to_thread=True)
     def any_event(self, data: dict[str, Any], db: Session) -> EventOut:

@@ -46,14 +46,19 @@ def request_magic_link(
     )])
 
 
-def verify_magic_link(session: Session, token: str, now: datetime | None = None) -> User:
-    """Spend a token and return its user (created on first sign-in)."""
+def verify_magic_link(session: Session, token: str, now: datetime | None = None, email: str | None = None) -> User:
+    """Spend a token and return its user (created on first sign-in).
+
+    The token signs in the address it was mailed to, nobody else; when the caller names an address too,
+    a token mailed to another one is refused and stays unspent.
+    """
     now = now or utcnow()
+    bound = [MagicLinkToken.email == normalise_address(email)] if email is not None else []
     # One conditional UPDATE spends the token, so two concurrent verifications cannot both win.
     email = session.scalar(
         update(MagicLinkToken)
         .where(MagicLinkToken.token_hash == _hash(token), MagicLinkToken.used_at.is_(None),
-               MagicLinkToken.expires_at > now)
+               MagicLinkToken.expires_at > now, *bound)
         .values(used_at=now)
         .returning(MagicLinkToken.email)
     )

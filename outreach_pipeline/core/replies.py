@@ -1,0 +1,160 @@
+"""Inbound mail: find the lead a reply belongs to, tell people from auto-responders, act on it.
+
+A reply is matched, most certain first: by the `reply+TOKEN@` MailboxHash our Reply-To carries; by its
+In-Reply-To/References against the Message-IDs we sent; by the sender's address among leads of running
+campaigns (only when they all belong to one owner, so one tenant's reply never lands in another's
+campaign). A person's reply stops the lead's sequence; an auto-reply is recorded against the lead and
+changes nothing; a reply that matches no lead stays in `webhook_events` for review.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStatus,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    WebhookEvent,
+)
+
+UNMATCHED = "reply matched no lead; kept for review"
+
+# Subjects auto-responders use, in the languages our users mail in most (compared case-folded).
+AUTO_REPLY_SUBJECTS = re.compile(
+    r"^\s*(?:"
+    r"auto(?:matic)?[\s_-]*repl(?:y|ied)|auto[\s_-]*response|autoreply|out of (?:the )?office|ooo\b|"
+    r"abwesenheit|automatische antwort|abwesend|"  # German
+    r"r[ée]ponse automatique|absence du bureau|absent\b|"  # French
+    r"respuesta autom[áa]tica|fuera de la oficina|ausente\b|"  # Spanish, Portuguese
+    r"risposta automatica|fuori ufficio|"  # Italian
+    r"automatisch antwoord|afwezig|"  # Dutch
+    r"resposta autom[áa]tica|fora do escrit[óo]rio|"  # Portuguese
+    r"autosvar|fr[åa]nvaro|frav[æe]r|automaattinen vastaus|"  # Nordic
+    r"odpowied[źz] automatyczna|automatick[áa] odpov[ěe]d|"  # Polish, Czech
+    r"автоответ|автоматический ответ|"  # Russian
+    r"自動応答|自動返信|不在|自动回复|自動回覆"  # Japanese, Chinese
+    r")",
+    re.IGNORECASE,
+)
+# Precedence values auto-responders set (RFC 3834 asks for Auto-Submitted; many send these instead).
+AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
+# Lead statuses a reply can still change; a bounced or unsubscribed lead stays as it is.
+OPEN_STATUSES = (LeadStatus.PENDING, LeadStatus.CONTACTED)
+RUNNING = (CampaignStatus.ACTIVE, CampaignStatus.PAUSED)
+MESSAGE_ID = re.compile(r"<[^<>\s]{1,298}>")
+
+
+def headers_of(payload: dict[str, Any]) -> dict[str, str]:
+    """Postmark's `Headers` list as a name (lower-cased) -> value map; malformed entries are skipped."""
+    found: dict[str, str] = {}
+    headers = payload.get("Headers")
+    for header in headers if isinstance(headers, list) else []:
+        if isinstance(header, dict) and isinstance(header.get("Name"), str):
+            found.setdefault(header["Name"].strip().lower(), str(header.get("Value") or ""))
+    return found
+
+
+def is_auto_reply(headers: dict[str, str], subject: str) -> bool:
+    auto_submitted = headers.get("auto-submitted", "").strip().lower()
+    if auto_submitted and auto_submitted != "no":
+        return True
+    if "x-autoreply" in headers or "x-autorespond" in headers:
+        return True
+    if headers.get("precedence", "").strip().lower() in AUTO_PRECEDENCE:
+        return True
+    return AUTO_REPLY_SUBJECTS.match(subject) is not None
+
+
+def sender_of(payload: dict[str, Any]) -> str:
+    """The From address (lower-cased); Postmark's parsed FromFull when From is missing."""
+    addresses = getaddresses([str(payload.get("From") or "")])
+    if addresses and "@" in addresses[0][1]:
+        return addresses[0][1].strip().lower()
+    full = payload.get("FromFull")
+    email = full.get("Email") if isinstance(full, dict) else None
+    return email.strip().lower() if isinstance(email, str) else ""
+
+
+def _by_mailbox_hash(session: Session, payload: dict[str, Any]) -> Lead | None:
+    token = str(payload.get("MailboxHash") or "")
+    # Reply tokens are at most 32 characters; anything longer cannot match and is not worth a query.
+    if not token or len(token) > 32:
+        return None
+    return session.scalar(select(Lead).where(Lead.reply_token == token))
+
+
+def _by_thread(session: Session, headers: dict[str, str]) -> Lead | None:
+    ids = MESSAGE_ID.findall(headers.get("in-reply-to", "") + " " + headers.get("references", ""))
+    if not ids:
+        return None
+    job = session.scalar(select(EmailJob).where(EmailJob.message_id_header.in_(ids[:50]))
+                         .order_by(EmailJob.id.desc()).limit(1))
+    return job.lead if job is not None else None
+
+
+def _by_sender(session: Session, sender: str) -> Lead | None:
+    """The sender's lead in a running campaign (a contacted one first, then the newest), when one owner has it."""
+    if "@" not in sender:
+        return None
+    candidates = session.execute(
+        select(Lead, Campaign.owner_id).join(Campaign, Campaign.id == Lead.campaign_id)
+        .where(Lead.email_key == sender, Lead.status.in_(OPEN_STATUSES), Campaign.status.in_(RUNNING))
+        .order_by(Lead.id.desc())
+    ).all()
+    if len({owner for _lead, owner in candidates}) != 1:
+        return None  # nobody, or several tenants: a person decides
+    return max((lead for lead, _owner in candidates), key=_last_sent)
+
+
+def _last_sent(lead: Lead) -> tuple[bool, int]:
+    return lead.status == LeadStatus.CONTACTED, lead.id
+
+
+def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str]) -> Lead | None:
+    """The lead a reply answers, by the most certain evidence first."""
+    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers)
+            or _by_sender(session, sender_of(payload)))
+
+
+def _who(lead: Lead, sender: str) -> str:
+    if not sender or sender == lead.email_key:
+        return ""
+    same_company = sender.rpartition("@")[2] == lead.email_key.rpartition("@")[2]
+    # Cut short: the outcome column holds 200 characters and an address may have 320.
+    return f" (from {'a colleague at the lead company' if same_company else 'another address'}, {sender[:80]})"
+
+
+def stop_sequence(session: Session, lead: Lead, reason: str) -> int:
+    result = session.execute(
+        update(EmailJob).where(EmailJob.lead_id == lead.id, EmailJob.status == JobStatus.PENDING)
+        .values(status=JobStatus.SKIPPED, last_error=reason)
+    )
+    return result.rowcount or 0
+
+
+def handle_inbound(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+    """Record an inbound message against its lead and, when a person wrote it, stop the lead's sequence."""
+    headers = headers_of(payload)
+    lead = match_reply(session, payload, headers)
+    if lead is None:
+        return UNMATCHED
+    sender = sender_of(payload)
+    event.lead_id = lead.id
+    who = _who(lead, sender)
+    if is_auto_reply(headers, str(payload.get("Subject") or "")):
+        return f"auto-reply for lead {lead.id} recorded{who}; sequence continues"
+    if lead.status in OPEN_STATUSES:
+        lead.status = LeadStatus.REPLIED
+        lead.replied_at = utcnow()
+    skipped = stop_sequence(session, lead, "lead replied")
+    return f"lead {lead.id} replied{who}; {skipped} pending job(s) skipped"

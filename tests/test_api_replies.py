@@ -1,0 +1,169 @@
+"""Reply detection through the real app: which lead an inbound email belongs to, and whether a person wrote it.
+
+Campaigns are launched through the API and really sent (file outbox), so Message-IDs and reply tokens are
+the ones the engine made.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar.testing import TestClient
+from sqlalchemy import select
+
+from outreach_pipeline.db.models import JobStatus, Lead, LeadStatus, WebhookEvent
+from outreach_pipeline.settings import Settings
+from tests.fixtures import latest_outbox_token, sign_in
+from tests.test_api_webhooks import _fixture, _jobs, _launch, _lead, _post, _send_due, _sent_campaign
+
+UNMATCHED = "reply matched no lead; kept for review"
+
+
+def _reply(sender: str, *, mailbox_hash: str = "", subject: str = "Re: Note 1", headers: dict[str, str] | None = None,
+           ) -> dict[str, Any]:
+    """An inbound email as Postmark posts it, from `sender`, with only the threading we give it."""
+    payload = _fixture("inbound")
+    payload.update(MessageID=str(uuid.uuid4()), MailboxHash=mailbox_hash, From=sender, Subject=subject,
+                   FromFull={"Email": sender, "Name": "", "MailboxHash": ""},
+                   To=f"reply+{mailbox_hash}@inbound.sender.example" if mailbox_hash else "team@sender.example")
+    payload["Headers"] = [{"Name": name, "Value": value} for name, value in (headers or {}).items()]
+    return payload
+
+
+def _event(client: TestClient[Any], provider_id: str) -> WebhookEvent:
+    with client.app.state.services.sessions() as session:
+        event = session.scalar(select(WebhookEvent).where(WebhookEvent.provider_id == provider_id))
+        assert event is not None
+        return event
+
+
+def _stopped(client: TestClient[Any], email: str) -> bool:
+    lead = _lead(client, email)
+    step2 = _jobs(client, lead.id)[2].status
+    assert (lead.status == LeadStatus.REPLIED) == (step2 == JobStatus.SKIPPED), (lead.status, step2)
+    return lead.status == LeadStatus.REPLIED
+
+
+def test_a_reply_is_matched_by_its_thread_when_the_mailbox_hash_is_lost(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    sent_id = _jobs(client, ada.id)[1].message_id_header
+    assert sent_id and sent_id.startswith("<")
+
+    # Sent from another mailbox of Ada's (no hash, unknown sender): only References ties it to our email.
+    reply = _reply("a.lovelace@home.example", headers={
+        "In-Reply-To": "<unrelated@elsewhere.example>", "References": f"<first@elsewhere.example> {sent_id}"})
+    result = _post(client, "/inbound", reply)
+
+    assert result["outcome"] == (f"lead {ada.id} replied (from another address, a.lovelace@home.example); "
+                                 "1 pending job(s) skipped")
+    assert _stopped(client, "ada@one.example")
+    assert not _stopped(client, "bo@two.example")
+    assert _event(client, reply["MessageID"]).lead_id == ada.id
+
+
+def test_a_reply_is_matched_by_sender_among_the_owners_running_leads(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    bo = _lead(client, "bo@two.example")
+
+    result = _post(client, "", {**_reply("Bo <BO@two.example>"), "RecordType": "Inbound"})
+
+    assert result["outcome"] == f"lead {bo.id} replied; 1 pending job(s) skipped"
+    assert _stopped(client, "bo@two.example")
+    assert not _stopped(client, "ada@one.example")
+
+
+def test_a_colleague_at_the_leads_company_is_recorded_against_the_lead(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+
+    reply = _reply("charles@one.example", mailbox_hash=ada.reply_token)
+    result = _post(client, "/inbound", reply)
+
+    assert result["outcome"] == (f"lead {ada.id} replied (from a colleague at the lead company, charles@one.example); "
+                                 "1 pending job(s) skipped")
+    assert _event(client, reply["MessageID"]).lead_id == ada.id
+    assert _stopped(client, "ada@one.example")
+
+
+AUTO_REPLIES = [
+    ("Re: Note 1", {"Auto-Submitted": "auto-replied"}),
+    ("Re: Note 1", {"auto-submitted": "auto-generated"}),
+    ("Re: Note 1", {"X-Autoreply": "yes"}),
+    ("Re: Note 1", {"Precedence": "auto_reply"}),
+    ("Automatic reply: Note 1", {}),
+    ("Out of Office: Note 1", {}),
+    ("Abwesenheitsnotiz: Note 1", {}),
+    ("Réponse automatique : Note 1", {}),
+    ("Respuesta automática: Note 1", {}),
+    ("Risposta automatica: Note 1", {}),
+    ("Automatisch antwoord: Note 1", {}),
+    ("自動応答: Note 1", {}),
+]
+
+
+def test_auto_replies_are_recorded_but_do_not_stop_the_sequence(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+
+    for subject, headers in AUTO_REPLIES:  # none changes anything, so one lead hears them all
+        reply = _reply("ada@one.example", mailbox_hash=ada.reply_token, subject=subject, headers=headers)
+        result = _post(client, "/inbound", reply)
+
+        assert result["outcome"] == f"auto-reply for lead {ada.id} recorded; sequence continues", subject
+        assert _event(client, reply["MessageID"]).lead_id == ada.id
+        assert not _stopped(client, "ada@one.example"), (subject, headers)
+
+
+def test_a_person_whose_subject_merely_mentions_the_office_does_stop_the_sequence(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    reply = _reply("ada@one.example", mailbox_hash=ada.reply_token, subject="Re: our office move",
+                   headers={"Auto-Submitted": "no", "Precedence": "first-class"})
+    assert _post(client, "/inbound", reply)["outcome"].startswith(f"lead {ada.id} replied")
+    assert _stopped(client, "ada@one.example")
+
+
+def test_an_unmatched_reply_is_kept_for_review(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    _sent_campaign(client, auth_headers)
+    cases = [
+        _reply("stranger@nowhere.example"),
+        _reply("stranger@nowhere.example", mailbox_hash="not-a-token",
+               headers={"In-Reply-To": "<never-sent@elsewhere.example>"}),
+        _reply("ada@one.example", mailbox_hash="x" * 500),  # a hash no token can have; sender still matches
+    ]
+    outcomes = [_post(client, "/inbound", payload)["outcome"] for payload in cases]
+
+    assert outcomes[:2] == [UNMATCHED, UNMATCHED]
+    for payload in cases[:2]:
+        event = _event(client, payload["MessageID"])
+        assert (event.lead_id, event.outcome, event.payload["From"]) == (None, UNMATCHED, "stranger@nowhere.example")
+    assert outcomes[2].startswith("lead ")
+    assert not _stopped(client, "bo@two.example")
+
+
+def test_a_sender_known_to_two_owners_is_not_guessed(
+    client: TestClient[Any], settings: Settings, auth_headers: dict[str, str]
+) -> None:
+    _launch(client, auth_headers, [{"email": "ada@one.example"}], name="Mine")
+    assert settings.outbox_dir is not None
+    rival = sign_in(client, "rival@else.example", lambda: latest_outbox_token(settings.outbox_dir))  # type: ignore[arg-type]
+    _launch(client, rival, [{"email": "ada@one.example"}], name="Theirs")
+    assert _send_due(client) == 2
+
+    # No hash, no thread: either tenant could be meant, so neither gets it.
+    assert _post(client, "/inbound", _reply("ada@one.example"))["outcome"] == UNMATCHED
+    with client.app.state.services.sessions() as session:
+        statuses = session.scalars(select(Lead.status).where(Lead.email_key == "ada@one.example")).all()
+    assert statuses == [LeadStatus.CONTACTED, LeadStatus.CONTACTED]

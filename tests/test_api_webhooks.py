@@ -1,0 +1,352 @@
+"""Postmark webhooks and the unsubscribe link, through the real app.
+
+Campaigns are set up through the API and sent by the real send path (``dispatch_due`` with the app's own
+mailer, the file outbox), so bounces and deliveries refer to messages that were really sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import TestClient
+from sqlalchemy import delete, func, select, update
+
+from outreach_api.app import create_app
+from outreach_pipeline.core.delivery import dispatch_due
+from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, Suppression, WebhookEvent
+from tests.fixtures import WEBHOOK_AUTH, make_settings
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIXTURES.is_dir():
+    FIXTURES = Path("/work/shared/fixtures")
+PATHS = ["/api/webhooks/postmark/inbound", "/api/webhooks/postmark/bounce", "/api/webhooks/postmark/delivery",
+         "/api/webhooks/postmark"]
+LEADS = [{"email": "ada@one.example", "first_name": "Ada"}, {"email": "bo@two.example", "first_name": "Bo"}]
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / "postmark" / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def _post(client: TestClient[Any], path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    answer = client.post(f"/api/webhooks/postmark{path}", json=payload, auth=WEBHOOK_AUTH)
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def _launch(client: TestClient[Any], headers: dict[str, str], leads: list[dict[str, Any]] = LEADS,
+            name: str = "Freight audit") -> int:
+    """A launched two-step campaign (step 2 three days after step 1) with these leads."""
+    answer = client.post("/api/campaigns", headers=headers,
+                         json={"name": name, "steps": [{}, {"delay_days": 3}]})
+    cid = int(answer.json()["id"])
+    assert client.post(f"/api/campaigns/{cid}/leads", headers=headers,
+                       json={"leads": leads}).json()["stored"] == len(leads)
+    for step in (1, 2):
+        assert client.post(f"/api/campaigns/{cid}/templates", headers=headers, json={
+            "step_number": step, "subject": f"Note {step}", "body": "Hi {{first_name|there}}, a short note."
+        }).status_code == 201
+    launched = client.post(f"/api/campaigns/{cid}/launch", headers=headers)
+    assert launched.json()["queued_emails"] == len(leads), launched.text
+    return cid
+
+
+def _send_due(client: TestClient[Any]) -> int:
+    services = client.app.state.services
+    report = dispatch_due(services.sessions, services.mailer, services.sender,
+                          due_before=datetime.now(UTC) + timedelta(minutes=1))
+    return report.sent
+
+
+def _sent_campaign(client: TestClient[Any], headers: dict[str, str]) -> int:
+    cid = _launch(client, headers)
+    assert _send_due(client) == len(LEADS)
+    return cid
+
+
+def _lead(client: TestClient[Any], email: str, campaign_id: int | None = None) -> Lead:
+    with client.app.state.services.sessions() as session:
+        query = select(Lead).where(Lead.email == email)
+        if campaign_id is not None:
+            query = query.where(Lead.campaign_id == campaign_id)
+        lead = session.scalar(query)
+        assert lead is not None
+        return lead
+
+
+def _jobs(client: TestClient[Any], lead_id: int) -> dict[int, EmailJob]:
+    with client.app.state.services.sessions() as session:
+        return {job.step_number: job for job in session.scalars(select(EmailJob).where(EmailJob.lead_id == lead_id))}
+
+
+def _suppressions(client: TestClient[Any]) -> list[tuple[int, str, str]]:
+    with client.app.state.services.sessions() as session:
+        return [(s.owner_id, s.email, s.reason) for s in session.scalars(select(Suppression).order_by(Suppression.id))]
+
+
+def _events(client: TestClient[Any]) -> int:
+    with client.app.state.services.sessions() as session:
+        return session.scalar(select(func.count()).select_from(WebhookEvent)) or 0
+
+
+def _owner(client: TestClient[Any], headers: dict[str, str]) -> int:
+    return int(client.get("/api/auth/me", headers=headers).json()["id"])
+
+
+def _bounce(job: EmailJob, email: str, kind: str = "HardBounce", code: int = 1) -> dict[str, Any]:
+    payload = _fixture("bounce")
+    payload.update(ID=uuid.uuid4().int % 10**15, MessageID=job.provider_message_id, Email=email, Type=kind,
+                   TypeCode=code)
+    return payload
+
+
+# --- authentication and payloads -------------------------------------------------------------------
+
+
+def test_webhooks_without_the_right_basic_credentials_are_401(
+    client: TestClient[Any], tmp_path: Path, database_url: str
+) -> None:
+    payload = _fixture("delivery")
+    wrong = {
+        "missing": {},
+        "wrong password": {"auth": ("postmark", "guess")},
+        "wrong user": {"auth": ("admin", WEBHOOK_AUTH[1])},
+        "bearer scheme": {"headers": {"Authorization": "Bearer hook-secret"}},
+        "not base64": {"headers": {"Authorization": "Basic %%%"}},
+        "no colon": {"headers": {"Authorization": "Basic " + base64.b64encode(b"postmarkhook-secret").decode()}},
+    }
+    for path in PATHS:
+        for case, kwargs in wrong.items():
+            answer = client.post(path, json=payload, **kwargs)
+            assert answer.status_code == 401, (path, case, answer.status_code)
+            assert answer.headers["www-authenticate"] == 'Basic realm="webhooks"', (path, case)
+    assert _events(client) == 0
+
+    # With no password configured every webhook is refused, even one sending an empty password.
+    unset = make_settings(tmp_path / "unset", database_url, webhook_password="")
+    with TestClient(create_app(unset)) as locked:
+        answer = locked.post(PATHS[2], json=payload, auth=(WEBHOOK_AUTH[0], ""))
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Basic")
+    assert _events(client) == 0
+
+
+def test_documented_payloads_are_accepted_once_and_bad_ones_are_4xx(client: TestClient[Any]) -> None:
+    expected = [
+        ("/inbound", "inbound", "reply matched no lead; kept for review"),
+        ("/bounce", "bounce", "bounce for a message we did not send"),
+        ("/delivery", "delivery", "delivery for a message we did not send"),
+        ("", "spam_complaint", "complaint for a message we did not send"),
+        ("", "open", "Open recorded"),
+        ("", "click", "Click recorded"),
+        ("", "subscription_change", "SubscriptionChange recorded"),
+    ]
+    for path, name, outcome in expected:
+        assert _post(client, path, _fixture(name)) == {"stored": True, "duplicate": False, "outcome": outcome}, name
+    assert _events(client) == 7
+
+    for path, name, _outcome in expected:
+        replay = _post(client, path, _fixture(name))
+        assert replay == {"stored": False, "duplicate": True, "outcome": "already processed"}, name
+    assert _events(client) == 7
+
+    # A payload with no ID to key it by is refused with a 4xx (never a 5xx), malformed JSON with a 400.
+    no_ids = _fixture("delivery")
+    del no_ids["MessageID"]
+    for path in PATHS:
+        answer = client.post(path, json={**no_ids, "RecordType": "Delivery"}, auth=WEBHOOK_AUTH)
+        assert answer.status_code == 422, (path, answer.text)
+        assert "neither ID nor MessageID" in answer.json()["detail"]
+
+        broken = client.post(path, content=b'{"RecordType": "Delivery", "MessageID": ', auth=WEBHOOK_AUTH,
+                             headers={"Content-Type": "application/json"})
+        assert broken.status_code == 400, (path, broken.text)
+        array = client.post(path, json=[_fixture("delivery")], auth=WEBHOOK_AUTH)
+        assert array.status_code == 400, (path, array.text)
+    assert _events(client) == 7
+
+
+# --- what the events do ----------------------------------------------------------------------------
+
+
+def test_a_reply_marks_the_lead_replied_and_skips_its_pending_jobs(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    cid = _sent_campaign(client, auth_headers)
+    ada, bo = _lead(client, "ada@one.example"), _lead(client, "bo@two.example")
+    assert ada.status == LeadStatus.CONTACTED
+    assert _jobs(client, ada.id)[2].status == JobStatus.PENDING
+    reply = _fixture("inbound")
+    reply.update(MessageID=str(uuid.uuid4()), MailboxHash=ada.reply_token, From="ada@one.example",
+                 To=f"reply+{ada.reply_token}@inbound.sender.example")
+
+    result = _post(client, "/inbound", reply)
+
+    assert result == {"stored": True, "duplicate": False, "outcome": f"lead {ada.id} replied; 1 pending job(s) skipped"}
+    ada_now = _lead(client, "ada@one.example")
+    assert ada_now.status == LeadStatus.REPLIED
+    assert ada_now.replied_at is not None
+    jobs = _jobs(client, ada.id)
+    assert (jobs[1].status, jobs[2].status, jobs[2].last_error) == (JobStatus.SENT, JobStatus.SKIPPED, "lead replied")
+    assert _lead(client, "bo@two.example").status == LeadStatus.CONTACTED
+    assert _jobs(client, bo.id)[2].status == JobStatus.PENDING
+    stats = client.get(f"/api/campaigns/{cid}", headers=auth_headers).json()["stats"]
+    assert (stats["replied"], stats["reply_rate"]) == (1, 0.5)
+
+
+def test_an_out_of_office_reply_does_not_stop_the_sequence(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    auto = _fixture("inbound")
+    auto.update(MessageID=str(uuid.uuid4()), MailboxHash=ada.reply_token, From="ada@one.example",
+                Subject="Automatic reply: Out of office until Monday",
+                TextBody="I am out of the office until Monday with limited access to email.",
+                StrippedTextReply="I am out of the office until Monday with limited access to email.")
+    auto["Headers"] = [*auto["Headers"], {"Name": "Auto-Submitted", "Value": "auto-replied"},
+                       {"Name": "X-Autoreply", "Value": "yes"}]
+
+    answer = client.post("/api/webhooks/postmark/inbound", json=auto, auth=WEBHOOK_AUTH)
+
+    assert answer.status_code == 200
+    assert _lead(client, "ada@one.example").status == LeadStatus.CONTACTED
+    assert _jobs(client, ada.id)[2].status == JobStatus.PENDING
+
+
+def test_a_hard_bounce_or_complaint_stops_the_lead_and_suppresses_and_a_replay_changes_nothing(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    first = _jobs(client, ada.id)[1]
+    assert first.provider_message_id
+
+    bounce = _bounce(first, "ada@one.example")
+    result = _post(client, "/bounce", bounce)
+
+    assert result["outcome"] == (f"lead {ada.id} bounced (HardBounce); address suppressed; "
+                                 "1 pending job(s) skipped")
+    assert _lead(client, "ada@one.example").status == LeadStatus.BOUNCED
+    assert _jobs(client, ada.id)[2].status == JobStatus.SKIPPED
+    assert _suppressions(client) == [(_owner(client, auth_headers), "ada@one.example", "bounce")]
+    bo = _lead(client, "bo@two.example")
+    assert bo.status == LeadStatus.CONTACTED
+
+    # A spam complaint (through the generic endpoint) does the same for Bo, as an unsubscribe.
+    complaint = _fixture("spam_complaint")
+    complaint.update(ID=77, MessageID=_jobs(client, bo.id)[1].provider_message_id, Email="bo@two.example")
+    assert _post(client, "", complaint)["outcome"] == f"lead {bo.id} complained; address suppressed"
+    assert _lead(client, "bo@two.example").status == LeadStatus.UNSUBSCRIBED
+    assert _jobs(client, bo.id)[2].status == JobStatus.SKIPPED
+    assert _suppressions(client)[1:] == [(_owner(client, auth_headers), "bo@two.example", "complaint")]
+
+    # A replay of either event, after an operator reversed its effects by hand, does not redo them.
+    with client.app.state.services.sessions() as session:
+        session.execute(delete(Suppression))
+        session.execute(update(Lead).where(Lead.id.in_([ada.id, bo.id])).values(status=LeadStatus.CONTACTED))
+        session.execute(update(EmailJob).where(EmailJob.step_number == 2).values(status=JobStatus.PENDING))
+        session.commit()
+    for path, payload in (("/bounce", bounce), ("", bounce), ("", complaint)):  # typed and generic endpoints
+        assert _post(client, path, payload) == {"stored": False, "duplicate": True, "outcome": "already processed"}
+    for lead in (ada, bo):
+        assert _lead(client, lead.email).status == LeadStatus.CONTACTED
+        assert _jobs(client, lead.id)[2].status == JobStatus.PENDING
+    assert _suppressions(client) == []
+    assert _events(client) == 2
+
+    # A new bounce event for the message acts again, and the suppression spans the owner's campaigns.
+    assert _post(client, "/bounce", {**bounce, "ID": 99})["duplicate"] is False
+    other = client.post("/api/campaigns", headers=auth_headers, json={"name": "Other"}).json()["id"]
+    added = client.post(f"/api/campaigns/{other}/leads", headers=auth_headers,
+                        json={"leads": [{"email": "Ada@One.example"}]})
+    assert added.json()["rejected_by_reason"] == {"suppressed": 1}
+
+
+def test_a_soft_bounce_is_recorded_without_suppressing_and_a_delivery_sets_delivered_at(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    cid = _sent_campaign(client, auth_headers)
+    ada, bo = _lead(client, "ada@one.example"), _lead(client, "bo@two.example")
+    ada_first, bo_first = _jobs(client, ada.id)[1], _jobs(client, bo.id)[1]
+
+    soft = _post(client, "/bounce", _bounce(ada_first, "ada@one.example", "SoftBounce", 4096))
+
+    assert soft["outcome"] == "SoftBounce bounce recorded"
+    assert _lead(client, "ada@one.example").status == LeadStatus.CONTACTED
+    assert _jobs(client, ada.id)[2].status == JobStatus.PENDING
+    assert _suppressions(client) == []
+
+    delivery = _fixture("delivery")
+    delivery.update(MessageID=bo_first.provider_message_id, Recipient="bo@two.example")
+    result = _post(client, "/delivery", delivery)
+
+    assert result["outcome"] == f"job {bo_first.id} delivered"
+    assert _jobs(client, bo.id)[1].delivered_at is not None
+    assert _jobs(client, ada.id)[1].delivered_at is None
+    assert client.get(f"/api/campaigns/{cid}", headers=auth_headers).json()["stats"]["delivered"] == 1
+
+
+# --- unsubscribe -----------------------------------------------------------------------------------
+
+
+def test_the_unsubscribe_page_asks_first_and_changes_nothing(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _launch(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+
+    page = client.get(f"/unsubscribe/{ada.reply_token}")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert f'<form method="post" action="/unsubscribe/{ada.reply_token}">' in page.text
+    assert "Unsubscribe</button>" in page.text
+    assert _lead(client, "ada@one.example").status == LeadStatus.PENDING
+    assert _jobs(client, ada.id)[1].status == JobStatus.PENDING
+    assert _suppressions(client) == []
+
+    for answer in (client.get("/unsubscribe/not-a-token"), client.post("/unsubscribe/not-a-token")):
+        assert answer.status_code == 404
+        assert "This unsubscribe link is not valid." in answer.text
+    assert _suppressions(client) == []
+
+
+def test_post_unsubscribes_and_suppresses_the_address_for_the_owner(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    first = _launch(client, auth_headers)
+    second = _launch(client, auth_headers, [{"email": "ada@one.example"}], name="Second")
+    ada = _lead(client, "ada@one.example", first)
+
+    # RFC 8058 one-click, as a mail client sends it.
+    answer = client.post(f"/unsubscribe/{ada.reply_token}", content=b"List-Unsubscribe=One-Click",
+                         follow_redirects=False, headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+    assert answer.status_code == 200
+    assert "location" not in answer.headers
+    assert "You are unsubscribed" in answer.text
+    assert _lead(client, "ada@one.example", first).status == LeadStatus.UNSUBSCRIBED
+    jobs = _jobs(client, ada.id)
+    assert (jobs[1].status, jobs[1].last_error) == (JobStatus.SKIPPED, "lead unsubscribed")
+    assert _suppressions(client) == [(_owner(client, auth_headers), "ada@one.example", "unsubscribe")]
+    assert _lead(client, "bo@two.example", first).status == LeadStatus.PENDING
+
+    # The owner's other campaign never mails the address either.
+    assert _send_due(client) == 1  # only Bo
+    other = _lead(client, "ada@one.example", second)
+    assert _jobs(client, other.id)[1].status == JobStatus.SKIPPED
+    assert client.get(f"/api/campaigns/{second}", headers=auth_headers).json()["stats"]["sent"] == 0
+
+    # The page's button posts an empty form; that unsubscribes too.
+    bo = _lead(client, "bo@two.example", first)
+    button = client.post(f"/unsubscribe/{bo.reply_token}", content=b"", follow_redirects=False,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert button.status_code == 200
+    assert _lead(client, "bo@two.example", first).status == LeadStatus.UNSUBSCRIBED
+    assert _suppressions(client)[1:] == [(_owner(client, auth_headers), "bo@two.example", "unsubscribe")]
