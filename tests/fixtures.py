@@ -16,6 +16,8 @@ from tests.fakes.openai import FakeOpenAI
 from tests.fakes.postmark import FakePostmark
 
 WEBHOOK_AUTH = ("postmark", "hook-secret")
+# Postmark's documented webhook payloads and two real-shaped lead exports (see their README files).
+PROVIDER_FIXTURES = Path(__file__).parent / "data" / "provider"
 
 
 @pytest.fixture

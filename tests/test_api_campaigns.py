@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from outreach_pipeline.db.models import EmailJob, Lead, Suppression
+from tests.fixtures import PROVIDER_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = PROVIDER_FIXTURES
 
 NO_JOBS = {"PENDING": 0, "SENDING": 0, "SENT": 0, "FAILED": 0, "SKIPPED": 0}
 NO_LEADS = {"PENDING": 0, "CONTACTED": 0, "REPLIED": 0, "BOUNCED": 0, "UNSUBSCRIBED": 0, "FAILED": 0}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 from litestar.testing import TestClient
@@ -12,10 +11,9 @@ from sqlalchemy import func, select
 
 from outreach_pipeline.db.models import Lead, Suppression
 from outreach_pipeline.settings import Settings
+from tests.fixtures import PROVIDER_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = PROVIDER_FIXTURES
 APOLLO = (FIXTURES / "leads" / "apollo_export.csv").read_bytes()
 HUBSPOT = (FIXTURES / "leads" / "hubspot_export.csv").read_bytes()
 

@@ -19,11 +19,9 @@ from sqlalchemy import delete, func, select, update
 from outreach_api.app import create_app
 from outreach_pipeline.core.delivery import dispatch_due
 from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, Suppression, WebhookEvent
-from tests.fixtures import WEBHOOK_AUTH, make_settings
+from tests.fixtures import PROVIDER_FIXTURES, WEBHOOK_AUTH, make_settings
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = PROVIDER_FIXTURES
 PATHS = ["/api/webhooks/postmark/inbound", "/api/webhooks/postmark/bounce", "/api/webhooks/postmark/delivery",
          "/api/webhooks/postmark"]
 LEADS = [{"email": "ada@one.example", "first_name": "Ada"}, {"email": "bo@two.example", "first_name": "Bo"}]

@@ -41,13 +41,11 @@ from outreach_pipeline.definitions import defs
 from outreach_pipeline.mail.outbox import FileOutbox
 from outreach_pipeline.resources import resources_from_settings
 from outreach_pipeline.sensors import leads_bucket_sensor
-from tests.fixtures import latest_outbox_token, make_settings
+from tests.fixtures import PROVIDER_FIXTURES, latest_outbox_token, make_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER_HOME = REPO / "dagster_home"
-LEADS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
-if not LEADS.is_dir():
-    LEADS = Path("/work/shared/fixtures/leads")
+LEADS = PROVIDER_FIXTURES / "leads"
 
 
 def _dagster_home_copy(directory: Path, source: str = "dagster.yaml") -> Path:

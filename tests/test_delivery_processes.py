@@ -27,7 +27,7 @@ from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_ca
 from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, SendPolicy, dispatch_due
 from outreach_pipeline.core.templates import TemplateInput, save_template
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, User
+from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark

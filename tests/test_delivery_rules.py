@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, pause_campaign, resume_campaign
+from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
 from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, Suppression

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +24,9 @@ from outreach_pipeline.settings import Settings
 from tests.fakes.postmark import FakePostmark
 from tests.test_delivery_processes import seed_campaign
 from tests.test_delivery_rules import send
+from tests.fixtures import PROVIDER_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/postmark")
+FIXTURES = PROVIDER_FIXTURES / "postmark"
 
 
 @pytest.fixture

@@ -30,11 +30,9 @@ from outreach_pipeline.sensors import leads_bucket_sensor
 from outreach_pipeline.settings import Settings
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.postmark import FakePostmark
-from tests.fixtures import WEBHOOK_AUTH, sign_in, token_from_text
+from tests.fixtures import PROVIDER_FIXTURES, WEBHOOK_AUTH, sign_in, token_from_text
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = PROVIDER_FIXTURES
 
 
 @pytest.fixture

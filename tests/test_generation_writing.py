@@ -18,7 +18,7 @@ from outreach_pipeline.db.models import Lead
 from outreach_pipeline.db.session import create_db_engine
 from outreach_pipeline.llm.prompts import PROMPT_VERSION
 from outreach_pipeline.settings import Settings
-from tests.fakes.openai import DEFAULT_BODY, DEFAULT_SUBJECT, FakeOpenAI, default_responder
+from tests.fakes.openai import DEFAULT_BODY, DEFAULT_SUBJECT, FakeOpenAI
 from tests.fixtures import latest_outbox_token, make_settings, sign_in
 
 

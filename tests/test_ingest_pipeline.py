@@ -27,11 +27,10 @@ from outreach_pipeline.db.session import create_db_engine, make_session_factory,
 from outreach_pipeline.jobs import ingest_leads_job
 from outreach_pipeline.resources import resources_from_settings
 from outreach_pipeline.settings import Settings
+from tests.fixtures import PROVIDER_FIXTURES
 
 DATA = Path(__file__).parent / "data" / "ingest"
-SHARED = Path("/work/shared/fixtures/leads")
-if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
+SHARED = PROVIDER_FIXTURES / "leads"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -32,10 +31,9 @@ from outreach_pipeline.db.session import create_db_engine, make_session_factory,
 from outreach_pipeline.resources import LeadsBucketResource, resources_from_settings
 from outreach_pipeline.sensors import leads_bucket_sensor
 from outreach_pipeline.settings import Settings
+from tests.fixtures import PROVIDER_FIXTURES
 
-SHARED = Path("/work/shared/fixtures/leads")
-if not SHARED.is_dir():
-    SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
+SHARED = PROVIDER_FIXTURES / "leads"
 HUBSPOT = (SHARED / "hubspot_export.csv").read_bytes()
 
 

@@ -40,11 +40,9 @@ from outreach_pipeline.mail.outbox import FileOutbox
 from outreach_pipeline.resources import resources_from_settings
 from outreach_pipeline.sensors import leads_bucket_sensor
 from outreach_pipeline.settings import Settings
-from tests.fixtures import latest_outbox_token
+from tests.fixtures import PROVIDER_FIXTURES, latest_outbox_token
 
-LEADS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
-if not LEADS.is_dir():
-    LEADS = Path("/work/shared/fixtures/leads")
+LEADS = PROVIDER_FIXTURES / "leads"
 
 HUBSPOT_STORED = [
     "elena.petrova@vostok-soft.com",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,11 +25,9 @@ from outreach_pipeline.mail.outbox import FileOutbox
 from outreach_pipeline.resources import resources_from_settings
 from outreach_pipeline.settings import Settings
 from tests.fakes.postmark import FakePostmark
-from tests.fixtures import latest_outbox_token
+from tests.fixtures import PROVIDER_FIXTURES, latest_outbox_token
 
-LEADS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "leads"
-if not LEADS.is_dir():
-    LEADS = Path("/work/shared/fixtures/leads")
+LEADS = PROVIDER_FIXTURES / "leads"
 HUBSPOT_STORED = [  # the 4 valid rows of hubspot_export.csv, sorted
     "elena.petrova@vostok-soft.com",
     "fatima.zahra@atlasbuild.ma",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,13 @@ from sqlalchemy.orm import Session
 from outreach_pipeline.core.suppression import lift_suppression, suppress
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts
-from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, WebhookEvent
+from outreach_pipeline.db.models import (
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    WebhookEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ def skip_pending_jobs(session: Session, lead_id: int, reason: str) -> int:
         .values(status=JobStatus.SKIPPED, last_error=reason)
     )
     return result.rowcount or 0
+
+
+Handler = Callable[[Session, dict[str, Any], WebhookEvent], str]
 
 
 def _job_for_message(session: Session, message_id: str | None) -> EmailJob | None:
@@ -134,22 +144,23 @@ def _on_delivery(session: Session, payload: dict[str, Any], event: WebhookEvent)
     return f"job {job.id} delivered"
 
 
-def _on_open(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "Open recorded"  # for a message we did not send
-    event.job_id, event.lead_id = job.id, job.lead_id
-    job.opened_at = job.opened_at or utcnow()
-    return f"job {job.id} opened"
+def _engagement(record_type: str, stamp: str, verb: str) -> Handler:
+    """Opens and clicks: the first one stamps the job; one for a message we did not send is only recorded."""
+
+    def handle(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+        job = _job_for_message(session, payload.get("MessageID"))
+        if job is None:
+            return f"{record_type} recorded"
+        event.job_id, event.lead_id = job.id, job.lead_id
+        if getattr(job, stamp) is None:
+            setattr(job, stamp, utcnow())
+        return f"job {job.id} {verb}"
+
+    return handle
 
 
-def _on_click(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "Click recorded"  # for a message we did not send
-    event.job_id, event.lead_id = job.id, job.lead_id
-    job.clicked_at = job.clicked_at or utcnow()
-    return f"job {job.id} clicked"
+_on_open = _engagement("Open", "opened_at", "opened")
+_on_click = _engagement("Click", "clicked_at", "clicked")
 
 
 def _on_subscription_change(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:

@@ -31,7 +31,7 @@ class OfflineWriter:
             )
         elif brief.role == "break-up":
             draft = TemplateDraft(
-                subject=f"Closing the loop, {{{{first_name|there}}}}",
+                subject="Closing the loop, {{first_name|there}}",
                 body=(
                     "Hi {{first_name|there}},\n\nI have not heard back, so I will not write again. "
                     f"If {company} ever wants to talk about it, just reply.{sign_off}"
