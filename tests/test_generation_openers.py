@@ -280,6 +280,7 @@ def test_the_api_writes_openers_through_the_responses_api_and_reports_what_is_mi
         first = api.post(f"/api/campaigns/{campaign}/templates/openers", headers=headers)
         second = api.post(f"/api/campaigns/{campaign}/templates/openers", headers=headers)
         usage = api.get(f"/api/campaigns/{campaign}/templates/usage", headers=headers)
+        detail = api.get(f"/api/campaigns/{campaign}", headers=headers)
 
     assert first.status_code == 200, first.text
     assert (first.json()["written"], first.json()["failed"]) == (1, 1)
@@ -290,6 +291,7 @@ def test_the_api_writes_openers_through_the_responses_api_and_reports_what_is_mi
     assert usage.status_code == 200
     assert usage.json()["opener_prompt_tokens"] == first.json()["prompt_tokens"] + second.json()["prompt_tokens"] > 0
     assert usage.json()["estimated_cost_usd"] > 0
+    assert detail.json()["stats"]["generation"] == usage.json()  # the campaign's stats show the same spend
 
 
 def test_the_templates_asset_writes_campaigns_side_by_side_on_postgresql(

@@ -8,9 +8,17 @@ from litestar import Controller, Request, get, patch, post
 from litestar.params import Parameter
 from sqlalchemy.orm import Session
 
-from outreach_api.campaigns.schemas import CampaignDetail, CampaignOut, CampaignPage, LaunchOut, campaign_out
+from outreach_api.campaigns.schemas import (
+    CampaignDetail,
+    CampaignOut,
+    CampaignPage,
+    LaunchOut,
+    campaign_out,
+)
+from outreach_api.context import Services
 from outreach_api.security import CurrentUser
 from outreach_pipeline.core import campaigns as core
+from outreach_pipeline.core.generation_stats import Prices
 from outreach_pipeline.db.models import CampaignStatus
 
 Req = Request[CurrentUser, Any, Any]
@@ -34,9 +42,11 @@ class CampaignController(Controller):
         return CampaignPage(items=[campaign_out(c) for c in items], total=total, limit=limit, offset=offset)
 
     @get("/{campaign_id:int}", sync_to_thread=True)
-    def detail(self, campaign_id: int, request: Req, db: Session) -> CampaignDetail:
+    def detail(self, campaign_id: int, request: Req, db: Session, services: Services) -> CampaignDetail:
         campaign = core.get_campaign(db, request.user.id, campaign_id)
-        return CampaignDetail(**campaign_out(campaign).model_dump(), stats=core.campaign_stats(db, campaign))
+        settings = services.settings
+        prices = Prices(settings.llm_input_price_per_mtok, settings.llm_output_price_per_mtok)
+        return CampaignDetail(**campaign_out(campaign).model_dump(), stats=core.campaign_stats(db, campaign, prices))
 
     @patch("/{campaign_id:int}", sync_to_thread=True)
     def update(self, campaign_id: int, data: core.CampaignUpdate, request: Req, db: Session) -> CampaignOut:

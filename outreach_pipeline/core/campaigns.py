@@ -9,11 +9,20 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.errors import ConflictError, InvalidInputError, NotFoundError
+from outreach_pipeline.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
+from outreach_pipeline.core.generation_stats import (
+    GenerationUsage,
+    Prices,
+    generation_usage,
+)
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.core.leads import lead_fields
-from outreach_pipeline.core.pacing import spread_overdue_jobs
 from outreach_pipeline.core.openers import missing_opener_problems
+from outreach_pipeline.core.pacing import spread_overdue_jobs
 from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
@@ -84,6 +93,8 @@ class CampaignStats(BaseModel):
     bounce_rate: float
     # Set when the engine paused the campaign itself (hard-bounce rate), with the figures.
     paused_reason: str | None = None
+    # Model tokens spent on the campaign's templates and openers, with their estimated cost.
+    generation: GenerationUsage | None = None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -106,7 +117,7 @@ def list_campaigns(
     return list(session.scalars(query.order_by(Campaign.id.desc()).limit(limit).offset(offset))), total
 
 
-def campaign_stats(session: Session, campaign: Campaign) -> CampaignStats:
+def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None = None) -> CampaignStats:
     leads_by_status = {s.value: 0 for s in LeadStatus}
     for status, count in session.execute(
         select(Lead.status, func.count()).where(Lead.campaign_id == campaign.id).group_by(Lead.status)
@@ -137,6 +148,7 @@ def campaign_stats(session: Session, campaign: Campaign) -> CampaignStats:
         reply_rate=round(replied / contacted, 4) if contacted else 0.0,
         bounce_rate=round(bounced / contacted, 4) if contacted else 0.0,
         paused_reason=campaign.paused_reason,
+        generation=generation_usage(session, campaign, prices or Prices()),
     )
 
 
