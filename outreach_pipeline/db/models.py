@@ -141,7 +141,8 @@ class Lead(Base):
     __table_args__ = (UniqueConstraint("campaign_id", "email_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    # No index of its own: the unique (campaign_id, email_key) index serves lookups by campaign.
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     email: Mapped[str] = mapped_column(String(320))
     email_key: Mapped[str] = mapped_column(String(320), index=True)
     first_name: Mapped[str | None] = mapped_column(String(200))
