@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,19 @@ from litestar.testing import TestClient
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from outreach_api.app import create_app
 from outreach_pipeline.core.templates import choose_variant, list_templates
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, Template
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.settings import Settings
 from tests.fakes.openai import FakeOpenAI
-from tests.fixtures import latest_outbox_token, make_settings, sign_in
+from tests.fixtures import make_settings
 
 
 @pytest.fixture
-def ai_settings(tmp_path: Path, database_url: str, fake_openai: FakeOpenAI) -> Settings:
+def settings(tmp_path: Path, database_url: str, fake_openai: FakeOpenAI) -> Settings:
     return make_settings(tmp_path, database_url, llm_backend="openai", openai_api_key="test-openai-key",
                          openai_base_url=fake_openai.url + "/v1", openai_model="fake-model")
-
-
-@pytest.fixture
-def api(ai_settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(ai_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def headers(api: TestClient[Any], ai_settings: Settings) -> dict[str, str]:
-    assert ai_settings.outbox_dir is not None
-    outbox = ai_settings.outbox_dir
-    return sign_in(api, "operator@company.example", lambda: latest_outbox_token(outbox))
 
 
 def prompt(body: dict[str, Any]) -> str:
@@ -57,13 +42,13 @@ def numbered(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_generate_writes_n_variants_that_each_know_the_others(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = api.post("/api/campaigns", headers=headers, json={
+    campaign = client.post("/api/campaigns", headers=auth_headers, json={
         "name": "Freight", "pitch": "Cheaper freight.", "steps": [{}, {"delay_days": 2}]}).json()["id"]
     fake_openai.responder = numbered
 
-    answer = api.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=headers, json={"variants": 2})
+    answer = client.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=auth_headers, json={"variants": 2})
 
     assert answer.status_code == 201, answer.text
     assert [(t["step_number"], t["variant"], t["subject"]) for t in answer.json()] == [
@@ -76,7 +61,7 @@ def test_generate_writes_n_variants_that_each_know_the_others(
     assert "Email 1 already says (do not repeat it):\nSubject: Step 1 variant B" in prompts[3]
     assert "Email 1 already says (do not repeat it):\nSubject: Step 1 variant A" in prompts[2]
 
-    too_many = api.post(f"/api/campaigns/{campaign}/templates/generate", headers=headers,
+    too_many = client.post(f"/api/campaigns/{campaign}/templates/generate", headers=auth_headers,
                         json={"step_number": 1, "variants": 6})
     assert too_many.status_code == 400
 
@@ -86,14 +71,14 @@ def _templates(session: Session, campaign_id: int, step: int) -> list[Template]:
 
 
 def test_leads_are_split_evenly_and_keep_their_variant_and_replies_are_counted_per_variant(
-    api: TestClient[Any], headers: dict[str, str], ai_settings: Settings, fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], settings: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    campaign_id = api.post("/api/campaigns", headers=headers, json={
+    campaign_id = client.post("/api/campaigns", headers=auth_headers, json={
         "name": "Freight", "pitch": "Cheaper freight.", "steps": [{}, {"delay_days": 2}]}).json()["id"]
     fake_openai.responder = numbered
-    assert api.post(f"/api/campaigns/{campaign_id}/templates/generate-all", headers=headers,
+    assert client.post(f"/api/campaigns/{campaign_id}/templates/generate-all", headers=auth_headers,
                     json={"variants": 3}).status_code == 201
-    engine = create_db_engine(ai_settings.database_url)
+    engine = create_db_engine(settings.database_url)
     sessions = make_session_factory(engine)
     with session_scope(sessions) as session:
         session.execute(insert(Lead), [
@@ -127,7 +112,7 @@ def test_leads_are_split_evenly_and_keep_their_variant_and_replies_are_counted_p
             lead.status = LeadStatus.REPLIED
     engine.dispose()
 
-    stats = api.get(f"/api/campaigns/{campaign_id}/templates/variant-stats", headers=headers)
+    stats = client.get(f"/api/campaigns/{campaign_id}/templates/variant-stats", headers=auth_headers)
 
     assert stats.status_code == 200, stats.text
     assert [(s["step_number"], s["variant"], s["sent"], s["replied"], s["reply_rate"]) for s in stats.json()] == [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,13 @@ def api_style(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ai_settings(tmp_path: Path, database_url: str, fake_openai: FakeOpenAI) -> Settings:
+def settings(tmp_path: Path, database_url: str, fake_openai: FakeOpenAI) -> Settings:
     return make_settings(tmp_path, database_url, llm_backend="openai", openai_api_key="test-openai-key",
                          openai_base_url=fake_openai.url + "/v1", openai_model="fake-model", llm_max_retries=2)
 
 
-@pytest.fixture
-def api(ai_settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(ai_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def headers(api: TestClient[Any], ai_settings: Settings) -> dict[str, str]:
-    assert ai_settings.outbox_dir is not None
-    outbox = ai_settings.outbox_dir
-    return sign_in(api, "operator@company.example", lambda: latest_outbox_token(outbox))
-
-
-def new_campaign(api: TestClient[Any], headers: dict[str, str], name: str = "Freight analytics", steps: int = 3) -> int:
-    answer = api.post("/api/campaigns", headers=headers, json={
+def new_campaign(client: TestClient[Any], auth_headers: dict[str, str], name: str = "Freight analytics", steps: int = 3) -> int:
+    answer = client.post("/api/campaigns", headers=auth_headers, json={
         "name": name, "pitch": "We help logistics teams cut freight costs by 12%.", "sender_name": "Ada",
         "sender_email": "ada@sender.example", "steps": [{}] + [{"delay_days": 3}] * (steps - 1)})
     assert answer.status_code == 201, answer.text
@@ -76,15 +62,15 @@ def test_generate_all_writes_every_step_through_the_configured_openai_api(
     settings = make_settings(tmp_path, database_url, llm_backend="openai", openai_api_key="test-openai-key",
                              openai_base_url=fake_openai.url + "/v1", openai_model="fake-model",
                              openai_api_style=api_style)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings)) as client:
         assert settings.outbox_dir is not None
         outbox = settings.outbox_dir
-        headers = sign_in(api, "operator@company.example", lambda: latest_outbox_token(outbox))
-        campaign = new_campaign(api, headers)
+        auth_headers = sign_in(client, "operator@company.example", lambda: latest_outbox_token(outbox))
+        campaign = new_campaign(client, auth_headers)
         add_leads(settings, campaign, {"email": "grace@hopper.example", "first_name": "Grace", "company": "Hopper Freight",
                                        "custom_fields": {"industry": "logistics"}})
 
-        answer = api.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=headers)
+        answer = client.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=auth_headers)
 
     assert answer.status_code == 201, answer.text
     templates = answer.json()
@@ -108,12 +94,12 @@ def test_generate_all_writes_every_step_through_the_configured_openai_api(
 
 
 def test_broken_json_is_asked_again_with_the_reason_then_saved(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
+    campaign = new_campaign(client, auth_headers, steps=1)
     fake_openai.invalid_json_next(1)
 
-    answer = api.post(f"/api/campaigns/{campaign}/templates/generate", headers=headers, json={"step_number": 1})
+    answer = client.post(f"/api/campaigns/{campaign}/templates/generate", headers=auth_headers, json={"step_number": 1})
 
     assert answer.status_code == 201, answer.text
     assert [t["subject"] for t in answer.json()] == [DEFAULT_SUBJECT]
@@ -122,13 +108,13 @@ def test_broken_json_is_asked_again_with_the_reason_then_saved(
 
 
 def test_an_answer_invalid_twice_is_reported_and_never_saved(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
+    campaign = new_campaign(client, auth_headers, steps=1)
     fake_openai.responder = lambda body: {"subject": "Hi {{favourite_colour}}", "body": "Hello {{first_name|there}",
                                           "html": None}
 
-    answer = api.post(f"/api/campaigns/{campaign}/templates/generate", headers=headers, json={"step_number": 1})
+    answer = client.post(f"/api/campaigns/{campaign}/templates/generate", headers=auth_headers, json={"step_number": 1})
 
     assert answer.status_code == 422
     assert answer.json()["detail"] == "The openai writer returned an invalid template twice."
@@ -137,19 +123,19 @@ def test_an_answer_invalid_twice_is_reported_and_never_saved(
     assert "The body has unbalanced placeholder braces." in extra
     assert fake_openai.call_count == 2
     assert "unbalanced placeholder braces" in prompt(fake_openai.calls[1][1])
-    assert api.get(f"/api/campaigns/{campaign}/templates", headers=headers).json() == []
+    assert client.get(f"/api/campaigns/{campaign}/templates", headers=auth_headers).json() == []
 
 
 def test_hand_written_templates_are_checked_and_linted_but_lint_never_refuses(
-    api: TestClient[Any], headers: dict[str, str]
+    client: TestClient[Any], auth_headers: dict[str, str]
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
+    campaign = new_campaign(client, auth_headers, steps=1)
     url = f"/api/campaigns/{campaign}/templates"
 
-    unknown = api.post(url, headers=headers, json={"step_number": 1, "subject": "Hi {{shoe_size}}", "body": "Hello"})
-    unbalanced = api.post(url, headers=headers, json={"step_number": 1, "subject": "Hi", "body": "Hello {{first_name"})
-    too_long = api.post(url, headers=headers, json={"step_number": 1, "subject": "x" * 201, "body": "Hello"})
-    spammy = api.post(url, headers=headers, json={
+    unknown = client.post(url, headers=auth_headers, json={"step_number": 1, "subject": "Hi {{shoe_size}}", "body": "Hello"})
+    unbalanced = client.post(url, headers=auth_headers, json={"step_number": 1, "subject": "Hi", "body": "Hello {{first_name"})
+    too_long = client.post(url, headers=auth_headers, json={"step_number": 1, "subject": "x" * 201, "body": "Hello"})
+    spammy = client.post(url, headers=auth_headers, json={
         "step_number": 1, "subject": "FREE offer, act now!!", "body": "Hi {{first_name|there}},\n{{ai_opener}}\n"
         "Guaranteed results for {{shoe_size|your team}}. Our CEO and API team agree."})
 
@@ -165,22 +151,22 @@ def test_hand_written_templates_are_checked_and_linted_but_lint_never_refuses(
         "Spam-trigger words in the body: guaranteed.",
     ]
     # Editing it clean clears the warnings.
-    edited = api.patch(f"{url}/{spammy.json()['id']}", headers=headers,
+    edited = client.patch(f"{url}/{spammy.json()['id']}", headers=auth_headers,
                        json={"subject": "A question about freight", "body": "Hi {{first_name|there}}"})
     assert edited.status_code == 200 and edited.json()["warnings"] == []
 
 
 def test_the_model_s_html_body_is_checked_like_the_text_and_kept(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
+    campaign = new_campaign(client, auth_headers, steps=1)
     answers = iter([
         {"subject": "Hello", "body": "Hi {{first_name|there}}", "html": "<p>Hi {{shoe_size}}</p>"},
         {"subject": "Hello", "body": "Hi {{first_name|there}}", "html": "<p>Hi {{first_name|there}}</p>"},
     ])
     fake_openai.responder = lambda body: next(answers)
 
-    answer = api.post(f"/api/campaigns/{campaign}/templates/generate", headers=headers, json={"step_number": 1})
+    answer = client.post(f"/api/campaigns/{campaign}/templates/generate", headers=auth_headers, json={"step_number": 1})
 
     assert answer.status_code == 201, answer.text
     assert answer.json()[0]["html_body"] == "<p>Hi {{first_name|there}}</p>"
@@ -188,15 +174,15 @@ def test_the_model_s_html_body_is_checked_like_the_text_and_kept(
 
 
 def test_rewrite_follows_the_instruction_also_when_asked_again(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
-    created = api.post(f"/api/campaigns/{campaign}/templates", headers=headers,
+    campaign = new_campaign(client, auth_headers, steps=1)
+    created = client.post(f"/api/campaigns/{campaign}/templates", headers=auth_headers,
                        json={"step_number": 1, "subject": "Freight costs", "body": "Hi {{first_name|there}}, long text."})
     fake_openai.responder = lambda body: {"subject": "Freight", "body": "Hi {{first_name|there}}, short.", "html": None}
     fake_openai.invalid_json_next(1)
 
-    answer = api.post(f"/api/campaigns/{campaign}/templates/{created.json()['id']}/rewrite", headers=headers,
+    answer = client.post(f"/api/campaigns/{campaign}/templates/{created.json()['id']}/rewrite", headers=auth_headers,
                       json={"instruction": "shorter"})
 
     assert answer.status_code == 200, answer.text
@@ -207,33 +193,33 @@ def test_rewrite_follows_the_instruction_also_when_asked_again(
 
 
 def test_the_same_question_is_answered_from_the_cache_unless_fresh(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=1)
+    campaign = new_campaign(client, auth_headers, steps=1)
     url = f"/api/campaigns/{campaign}/templates/generate"
 
-    first = api.post(url, headers=headers, json={"step_number": 1})
-    again = api.post(url, headers=headers, json={"step_number": 1})
+    first = client.post(url, headers=auth_headers, json={"step_number": 1})
+    again = client.post(url, headers=auth_headers, json={"step_number": 1})
 
     assert first.status_code == again.status_code == 201
     assert fake_openai.call_count == 1
     assert again.json()[0]["subject"] == first.json()[0]["subject"]
     assert again.json()[0]["prompt_tokens"] == 0  # nothing was spent the second time
 
-    fresh = api.post(url, headers=headers, json={"step_number": 1, "fresh": True})
+    fresh = client.post(url, headers=auth_headers, json={"step_number": 1, "fresh": True})
 
     assert fresh.status_code == 201 and fake_openai.call_count == 2
 
 
 def test_a_rate_limit_waits_for_retry_after_and_server_errors_are_retried(
-    api: TestClient[Any], headers: dict[str, str], fake_openai: FakeOpenAI
+    client: TestClient[Any], auth_headers: dict[str, str], fake_openai: FakeOpenAI
 ) -> None:
-    campaign = new_campaign(api, headers, steps=2)
+    campaign = new_campaign(client, auth_headers, steps=2)
     url = f"/api/campaigns/{campaign}/templates/generate"
     fake_openai.fail_next(429, retry_after=0.8)
 
     started = time.monotonic()
-    limited = api.post(url, headers=headers, json={"step_number": 1})
+    limited = client.post(url, headers=auth_headers, json={"step_number": 1})
     waited = time.monotonic() - started
 
     assert limited.status_code == 201, limited.text
@@ -241,19 +227,21 @@ def test_a_rate_limit_waits_for_retry_after_and_server_errors_are_retried(
 
     fake_openai.reset()
     fake_openai.fail_next(500, times=2)
-    failing = api.post(url, headers=headers, json={"step_number": 2})
+    failing = client.post(url, headers=auth_headers, json={"step_number": 2})
 
     assert failing.status_code == 201, failing.text
     assert fake_openai.call_count == 3
 
 
-def test_without_a_model_the_offline_writer_fills_templates_and_says_so(
-    client: TestClient[Any], auth_headers: dict[str, str]
-) -> None:
-    campaign = new_campaign(client, auth_headers, steps=2)
-
-    answer = client.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=auth_headers,
-                         json={"use_ai_opener": True})
+def test_without_a_model_the_offline_writer_fills_templates_and_says_so(tmp_path: Path, database_url: str) -> None:
+    offline = make_settings(tmp_path, database_url)  # this module's `settings` name a model; these do not
+    assert offline.outbox_dir is not None
+    outbox = offline.outbox_dir
+    with TestClient(create_app(offline)) as client:
+        auth_headers = sign_in(client, "operator@company.example", lambda: latest_outbox_token(outbox))
+        campaign = new_campaign(client, auth_headers, steps=2)
+        answer = client.post(f"/api/campaigns/{campaign}/templates/generate-all", headers=auth_headers,
+                             json={"use_ai_opener": True})
 
     assert answer.status_code == 201, answer.text
     assert [(t["source"], t["model"], t["prompt_version"]) for t in answer.json()] == [("offline", None, None)] * 2

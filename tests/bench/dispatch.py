@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import secrets
 import sys
 import threading
@@ -47,6 +46,7 @@ from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import Campaign, User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
+from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
 
 TOKEN = "bench-token"
@@ -66,22 +66,6 @@ def _serve(connection: Connection) -> None:
             messages = fake.messages if name == "count" else []
             job_ids = [m.get("Metadata", {}).get("job_id") for m in messages]
             connection.send({"messages": len(messages), "duplicates": len(job_ids) - len(set(job_ids))})
-
-
-class RemoteFake:
-    def __init__(self) -> None:
-        self._connection, child = multiprocessing.Pipe()
-        self._process = multiprocessing.Process(target=_serve, args=(child,), daemon=True)
-        self._process.start()
-        self.url: str = self._connection.recv()
-
-    def ask(self, command: str) -> dict[str, int]:
-        self._connection.send(command)
-        return self._connection.recv()  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self._connection.send("stop")
-        self._process.join(timeout=10)
 
 
 def _message(n: int) -> dict[str, Any]:
@@ -213,7 +197,7 @@ def main() -> None:
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
-    fake = RemoteFake()
+    fake = RemoteFake(_serve)
     try:
         for latency, concurrency in zip(args.latency, args.concurrency, strict=True):
             name = f"outreach_bench_{secrets.token_hex(4)}"

@@ -11,7 +11,6 @@ Not collected by pytest (the file name does not start with test_).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import secrets
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import Lead, LeadOpener, User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.llm.openai_writer import OpenAIWriter  # noqa: E402
+from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.openai import FakeOpenAI  # noqa: E402
 
 
@@ -48,22 +48,6 @@ def _serve(connection: Connection, latency: float) -> None:
             connection.send({"calls": fake.call_count, "max_in_flight": fake.max_in_flight})
 
 
-class RemoteFake:
-    def __init__(self, latency: float) -> None:
-        self._connection, child = multiprocessing.Pipe()
-        self._process = multiprocessing.Process(target=_serve, args=(child, latency), daemon=True)
-        self._process.start()
-        self.url: str = self._connection.recv()
-
-    def ask(self, command: str) -> dict[str, int]:
-        self._connection.send(command)
-        return self._connection.recv()  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self._connection.send("stop")
-        self._process.join(timeout=10)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=2000)
@@ -72,7 +56,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file in a temporary folder")
     args = parser.parse_args()
 
-    fake = RemoteFake(args.latency)
+    fake = RemoteFake(_serve, args.latency)
     with tempfile.TemporaryDirectory() as folder:
         url = args.database_url or f"sqlite:///{folder}/bench.db"
         upgrade_database(url)
