@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, delete, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.migrate import alembic_config
-from outreach_pipeline.db.models import Base, Campaign, Lead, User
+from outreach_pipeline.core.lead_store import reply_tokens
+from outreach_pipeline.db.models import Base, Campaign, Lead, LeadImport, User
 from outreach_pipeline.db.session import create_db_engine
 
 
@@ -77,3 +78,32 @@ def test_single_backend_fixtures(sqlite_url: str, postgres_url: str) -> None:
             assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
         finally:
             engine.dispose()
+
+
+def test_deleting_a_campaign_deletes_its_leads_and_deleting_an_import_unlinks_them(db_session: Session) -> None:
+    # Leads carry no foreign keys (bulk imports would pay a parent lookup per row): triggers keep the links.
+    kept = _campaign(db_session)
+    dropped = Campaign(owner_id=kept.owner_id, name="Dropped")
+    db_session.add(dropped)
+    db_session.flush()
+    lead_import = LeadImport(campaign_id=kept.id, source="test")
+    db_session.add(lead_import)
+    db_session.flush()
+    for campaign, token in ((kept, "a" * 32), (dropped, "b" * 32)):
+        db_session.add(Lead(campaign_id=campaign.id, email="x@example.com", email_key="x@example.com",
+                            reply_token=token, import_id=lead_import.id))
+    db_session.commit()
+
+    db_session.execute(delete(Campaign).where(Campaign.id == dropped.id))
+    db_session.execute(delete(LeadImport).where(LeadImport.id == lead_import.id))
+    db_session.commit()
+
+    leads = db_session.execute(select(Lead.campaign_id, Lead.import_id)).all()
+    assert leads == [(kept.id, None)]
+
+
+def test_reply_tokens_ascend_within_an_import_and_are_unguessable() -> None:
+    first, second = reply_tokens(7, [2, 3]), reply_tokens(7, [2, 3])
+    assert all(len(token) == 32 and int(token, 16) >= 0 for token in first + second)
+    assert first[0] < first[1] and first[0][:16] == "0000000700000002"
+    assert first[0][16:] != second[0][16:]  # the random half differs from one batch to the next

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, Definitions, ExecuteInProcessResult, instance_for_test
 from sqlalchemy import func, select
@@ -21,7 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach_pipeline.assets.leads import lead_file_import, lead_files
 from outreach_pipeline.checks import campaign_size_limit, lead_file_reject_rate
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign
+from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
+from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for
 from outreach_pipeline.core.leads import add_leads, import_leads_csv
+from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import Campaign, ImportStatus, Lead, LeadImport, Suppression, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.jobs import ingest_leads_job
@@ -233,3 +239,43 @@ def test_json_leads_with_lone_surrogates_are_refused_or_stored_never_crash(
     with session_scope(sessions) as session:
         lead = session.scalars(select(Lead)).one()
         assert (lead.email, lead.custom_fields) == ("ann@one.example", {"note": "caf?", "column": "x"})
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_imports_of_one_address_at_once_store_it_once_and_the_second_says_why(
+    sessions: sessionmaker[Session], campaign_id: int
+) -> None:
+    """The second import waits on the first's uncommitted rows, then finds them: no duplicate, no silent loss."""
+    data = b"email,first name\nann@one.example,Ann\nbo@two.example,Bo\ncy@three.example,Cy\n"
+    first = sessions()
+    try:
+        # The first import's rows are written but not yet committed when the second import starts.
+        campaign = first.get_one(Campaign, campaign_id)
+        held = LeadImport(campaign_id=campaign_id, source="first")
+        first.add(held)
+        first.flush()
+        store = lead_store_for(first, StoreTarget(campaign_id, campaign.owner_id, held.id, utcnow()))
+        rows = pd.DataFrame({"email": ["ann@one.example", "bo@two.example"], "first_name": ["Ann", "Bo"]},
+                            index=pd.Index([2, 3], name="line"))
+        for field in STANDARD_FIELDS:
+            rows[field] = rows.get(field, pd.Series([None, None], index=rows.index, dtype=object))
+        assert store.store(rows.assign(email_key=rows["email"])).stored == 2
+
+        def second_import() -> Any:
+            with session_scope(sessions) as session:
+                return import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "second")
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(second_import)
+            time.sleep(0.5)
+            assert not pending.done()  # blocked on the first import's rows
+            first.commit()
+            report = pending.result(timeout=30)
+    finally:
+        first.close()
+
+    assert report.stored == 1
+    assert [(r.line, r.email, r.reason) for r in report.first_rejects] == [
+        (2, "ann@one.example", "already in campaign"), (3, "bo@two.example", "already in campaign")]
+    with session_scope(sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Lead)) == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
-from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
+from outreach_pipeline.db.models import Campaign, Lead, LeadStatus, Suppression
 
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
@@ -47,9 +47,18 @@ class StoreResult:
     refused: list[tuple[int, str, str]]  # (line, email, reason)
 
 
-def new_reply_token() -> str:
-    """24 hex characters; PostgreSQL's staging path makes 32 from a random UUID (the column takes 32)."""
-    return secrets.token_hex(12)
+def reply_tokens(import_id: int, lines: Iterable[int]) -> list[str]:
+    """One token per line, 32 hex characters: the import and the line (8 each), then 64 random bits that
+    make it unguessable. The ordered prefix makes an import's tokens ascend, so the unique index takes them
+    like appends, not as a million random inserts; the random part comes from one call for the whole batch.
+    """
+    lines = list(lines)
+    randomness = secrets.token_hex(8 * len(lines))
+    prefix = f"{import_id & _HEX8:08x}"
+    return [f"{prefix}{line & _HEX8:08x}{randomness[16 * i:16 * i + 16]}" for i, line in enumerate(lines)]
+
+
+_HEX8 = 0xFFFFFFFF
 
 
 class LeadStore(Protocol):
@@ -57,6 +66,10 @@ class LeadStore(Protocol):
 
 
 def lead_store_for(session: Session, target: StoreTarget) -> LeadStore:
+    """The store for the session's database. Locks the campaign row until commit: leads carry no foreign key
+    (a per-row parent lookup costs more than the insert), so this one lock keeps the campaign from being
+    deleted under the import."""
+    session.execute(select(Campaign.id).where(Campaign.id == target.campaign_id).with_for_update(key_share=True))
     return PostgresLeadStore(session, target) if is_postgresql(session) else PortableLeadStore(session, target)
 
 
@@ -105,14 +118,16 @@ class PortableLeadStore:
             return set()
         extra = custom_columns(rows)
         records = []
-        for row in rows.astype(object).where(rows.notna(), None).to_dict("records"):
+        plain = rows.astype(object).where(rows.notna(), None)
+        tokens = reply_tokens(self.target.import_id, rows.index)
+        for token, row in zip(tokens, plain.to_dict("records"), strict=True):
             records.append({
                 "campaign_id": self.target.campaign_id,
                 **{f: row.get(f) for f in STANDARD_FIELDS},
                 "email_key": row["email_key"],
                 "custom_fields": {c: row[c] for c in extra if row[c] is not None},
                 "status": LeadStatus.PENDING,
-                "reply_token": new_reply_token(),
+                "reply_token": token,
                 "import_id": self.target.import_id,
                 "created_at": self.target.now,
             })
@@ -138,6 +153,7 @@ class PostgresLeadStore:
         # varchar like leads.email_key, so lookups by (campaign_id, email_key) can use the unique index.
         self.session.execute(text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS lead_stage (line bigint, email text, email_key varchar(320), "
+            "reply_token text, "
             f"{standard}{', ' + columns if columns else ''}) ON COMMIT DROP"
         ))
         # For this transaction only: JIT compiling costs more than it saves on these statements, and the
@@ -148,6 +164,8 @@ class PostgresLeadStore:
 
     def _copy(self, rows: pd.DataFrame, custom: list[str]) -> None:
         ordered = rows[["email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"], *custom]]
+        # Tokens made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY did.
+        ordered.insert(2, "reply_token", reply_tokens(self.target.import_id, rows.index))
         table = pa.Table.from_pandas(ordered.reset_index(names="line"), preserve_index=False)
         buffer = io.BytesIO()
         # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
@@ -157,7 +175,9 @@ class PostgresLeadStore:
             cursor.execute("TRUNCATE lead_stage")
             with cursor.copy("COPY lead_stage FROM STDIN WITH (FORMAT csv)") as copy:
                 copy.write(buffer.getbuffer())
-            cursor.execute("ANALYZE lead_stage")  # true row counts, so the planner picks hash joins
+            # True row counts and the key's distinct values, so the planner picks hash joins; sampling only the
+            # key column costs a tenth of a full ANALYZE of every staged column.
+            cursor.execute("ANALYZE lead_stage (email_key)")
 
     def _custom_json(self, custom: list[str]) -> tuple[str, dict[str, str]]:
         if not custom:
@@ -173,29 +193,30 @@ class PostgresLeadStore:
     def _insert_statement(self, custom: list[str]) -> tuple[TextClause, dict[str, str]]:
         standard = [f for f in STANDARD_FIELDS if f != "email"]
         custom_json, params = self._custom_json(custom)
-        # A staged row that did not land was either suppressed (filtered out) or already in the campaign
-        # (the conflict), be it from before or from a concurrent import of the same address.
         return text(f"""
-            WITH inserted AS (
-                INSERT INTO leads (campaign_id, email, email_key, {", ".join(standard)}, custom_fields, status,
-                                   reply_token, import_id, created_at)
-                SELECT CAST(:campaign_id AS integer), s.email, s.email_key,
-                       {", ".join(f"s.{f}" for f in standard)}, {custom_json},
-                       CAST(:status AS text), replace(gen_random_uuid()::text, '-', ''), CAST(:import_id AS integer),
-                       CAST(:now AS timestamptz)
-                FROM lead_stage s
-                WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.owner_id = :owner_id AND x.email = s.email_key)
-                ON CONFLICT (campaign_id, email_key) DO NOTHING
-                RETURNING email_key
-            ), landed AS (SELECT count(*) AS n FROM inserted)
-            SELECT (SELECT n FROM landed), s.line, s.email,
-                   CASE WHEN x.email IS NOT NULL THEN CAST(:suppressed AS text) ELSE CAST(:already AS text) END
+            INSERT INTO leads (campaign_id, email, email_key, {", ".join(standard)}, custom_fields, status,
+                               reply_token, import_id, created_at)
+            SELECT CAST(:campaign_id AS integer), s.email, s.email_key,
+                   {", ".join(f"s.{f}" for f in standard)}, {custom_json},
+                   CAST(:status AS text), s.reply_token, CAST(:import_id AS integer), CAST(:now AS timestamptz)
             FROM lead_stage s
-            LEFT JOIN suppressions x ON x.owner_id = :owner_id AND x.email = s.email_key
-            WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.email_key = s.email_key)  -- a hash anti-join
-            UNION ALL SELECT (SELECT n FROM landed), NULL, NULL, NULL::text
-            ORDER BY 2 NULLS FIRST
+            WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.owner_id = :owner_id AND x.email = s.email_key)
+            ON CONFLICT (campaign_id, email_key) DO NOTHING
         """), params
+
+    # A staged row that did not land was suppressed (filtered out) or already in the campaign (the conflict),
+    # be it from an earlier import or a concurrent one. The file itself holds each address once, so a lead
+    # with the address and another import's id is what refused the row.
+    _REFUSED = text("""
+        SELECT s.line, s.email,
+               CASE WHEN x.email IS NOT NULL THEN CAST(:suppressed AS text) ELSE CAST(:already AS text) END
+        FROM lead_stage s
+        LEFT JOIN suppressions x ON x.owner_id = :owner_id AND x.email = s.email_key
+        WHERE x.email IS NOT NULL OR EXISTS (
+            SELECT 1 FROM leads l WHERE l.campaign_id = :campaign_id AND l.email_key = s.email_key
+                                    AND l.import_id IS DISTINCT FROM :import_id)
+        ORDER BY s.line
+    """)
 
     def store(self, rows: pd.DataFrame) -> StoreResult:
         custom = custom_columns(rows)
@@ -204,10 +225,13 @@ class PostgresLeadStore:
             self._create_stage(custom)
         self._copy(rows, custom)
         statement, params = self._insert_statement(custom)
-        result = self.session.execute(statement, {
-            **params, "campaign_id": self.target.campaign_id, "owner_id": self.target.owner_id,
-            "import_id": self.target.import_id, "now": self.target.now, "status": LeadStatus.PENDING.value,
-            "suppressed": SUPPRESSED, "already": ALREADY_IN_CAMPAIGN,
-        }).all()
-        stored = int(result[0][0])
-        return StoreResult(stored, [(int(line), email, reason) for _, line, email, reason in result[1:]])
+        scope = {"campaign_id": self.target.campaign_id, "owner_id": self.target.owner_id,
+                 "import_id": self.target.import_id}
+        stored = self.session.execute(statement, {
+            **params, **scope, "now": self.target.now, "status": LeadStatus.PENDING.value,
+        }).rowcount
+        if stored == len(rows):  # the usual case: every row landed, nothing to explain
+            return StoreResult(stored, [])
+        refused = self.session.execute(self._REFUSED, {**scope, "suppressed": SUPPRESSED,
+                                                       "already": ALREADY_IN_CAMPAIGN}).all()
+        return StoreResult(stored, [(int(line), email, reason) for line, email, reason in refused])

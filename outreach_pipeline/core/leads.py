@@ -32,7 +32,7 @@ from outreach_pipeline.core.lead_schema import (
     canonical_header,
     failure_reasons,
 )
-from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for, new_reply_token
+from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for
 from outreach_pipeline.core.prefetch import prefetched
 from outreach_pipeline.core.rejects import LocalRejects, RejectsTarget, RejectsWriter, spreadsheet_safe
 from outreach_pipeline.db.base import utcnow
@@ -46,7 +46,7 @@ from outreach_pipeline.db.models import (
 )
 
 __all__ = ["ImportReport", "RejectedRow", "add_leads", "copy_leads", "import_leads_csv", "lead_fields",
-           "list_leads", "new_reply_token", "normalise_email", "spreadsheet_safe"]
+           "list_leads", "normalise_email", "spreadsheet_safe"]
 
 CHUNK_ROWS = 50_000
 REJECTS_KEPT_IN_REPORT = 100

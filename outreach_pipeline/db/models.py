@@ -141,10 +141,13 @@ class Lead(Base):
     __table_args__ = (UniqueConstraint("campaign_id", "email_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # No index of its own: the unique (campaign_id, email_key) index serves lookups by campaign.
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    # No foreign keys and no index of their own: a million-row import would pay a locking parent lookup per
+    # row. The import locks its campaign once; triggers delete a campaign's leads and unlink a deleted
+    # import's (migration 0006). The unique (campaign_id, email_key) index serves lookups by campaign and
+    # by address within an owner's campaigns.
+    campaign_id: Mapped[int]
     email: Mapped[str] = mapped_column(String(320))
-    email_key: Mapped[str] = mapped_column(String(320), index=True)
+    email_key: Mapped[str] = mapped_column(String(320))
     first_name: Mapped[str | None] = mapped_column(String(200))
     last_name: Mapped[str | None] = mapped_column(String(200))
     company: Mapped[str | None] = mapped_column(String(300))
@@ -153,11 +156,11 @@ class Lead(Base):
     custom_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[LeadStatus] = mapped_column(_enum(LeadStatus), default=LeadStatus.PENDING)
     reply_token: Mapped[str] = mapped_column(String(32), unique=True)
-    import_id: Mapped[int | None] = mapped_column(ForeignKey("lead_imports.id", ondelete="SET NULL"))
+    import_id: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     replied_at: Mapped[datetime | None]
 
-    campaign: Mapped[Campaign] = relationship()
+    campaign: Mapped[Campaign] = relationship(primaryjoin="Campaign.id == foreign(Lead.campaign_id)")
 
 
 class Template(Base):
