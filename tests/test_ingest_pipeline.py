@@ -245,7 +245,7 @@ def test_json_leads_with_lone_surrogates_are_refused_or_stored_never_crash(
 def test_two_imports_of_one_address_at_once_store_it_once_and_the_second_says_why(
     sessions: sessionmaker[Session], campaign_id: int
 ) -> None:
-    """The second import waits on the first's uncommitted rows, then finds them: no duplicate, no silent loss."""
+    """Imports into one campaign take turns: the second waits for the first to commit, then finds its rows."""
     data = b"email,first name\nann@one.example,Ann\nbo@two.example,Bo\ncy@three.example,Cy\n"
     first = sessions()
     try:
@@ -268,7 +268,7 @@ def test_two_imports_of_one_address_at_once_store_it_once_and_the_second_says_wh
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(second_import)
             time.sleep(0.5)
-            assert not pending.done()  # blocked on the first import's rows
+            assert not pending.done()  # waiting for the first import
             first.commit()
             report = pending.result(timeout=30)
     finally:
