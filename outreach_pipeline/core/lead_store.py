@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import TextClause, select, text
+from sqlalchemy import TextClause, exists, select, text
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
@@ -153,6 +153,10 @@ class PostgresLeadStore:
         # plainly: ON CONFLICT DO NOTHING doubled the cost of the unique index on every row.
         session.execute(text("SELECT pg_advisory_xact_lock(:space, :campaign_id)"),
                         {"space": IMPORT_LOCK_SPACE, "campaign_id": target.campaign_id})
+        # Known once, under the lock: into an empty campaign (the usual large import) no row can conflict,
+        # since the file holds each address once.
+        self.campaign_had_leads = session.scalar(
+            select(exists().where(Lead.campaign_id == target.campaign_id))) or False
 
     def _create_stage(self, custom: list[str]) -> None:
         columns = ", ".join(f"c{i} text" for i in range(len(custom)))
@@ -208,8 +212,13 @@ class PostgresLeadStore:
                    CAST(:status AS text), s.reply_token, CAST(:import_id AS integer), CAST(:now AS timestamptz)
             FROM lead_stage s
             WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.owner_id = :owner_id AND x.email = s.email_key)
-              AND NOT EXISTS (SELECT 1 FROM leads l WHERE l.campaign_id = :campaign_id AND l.email_key = s.email_key)
+              {self._NOT_IN_CAMPAIGN if self.campaign_had_leads else ""}
         """), params
+
+    # One index probe per staged row. OFFSET 0 keeps the planner from turning this into a hash join, which
+    # would read every lead of the campaign again for each chunk, this import's own included.
+    _NOT_IN_CAMPAIGN = """AND NOT EXISTS (SELECT 1 FROM leads l WHERE l.campaign_id = :campaign_id
+                                                 AND l.email_key = s.email_key OFFSET 0)"""
 
     # A staged row that did not land was suppressed or already in the campaign from an earlier import. The
     # file holds each address once, so a lead with the address and another import's id refused the row.
