@@ -279,3 +279,22 @@ def test_two_imports_of_one_address_at_once_store_it_once_and_the_second_says_wh
         (2, "ann@one.example", "already in campaign"), (3, "bo@two.example", "already in campaign")]
     with session_scope(sessions) as session:
         assert session.scalar(select(func.count()).select_from(Lead)) == 3
+
+
+def test_custom_fields_keep_their_values_and_drop_empty_cells_on_both_databases(
+    sessions: sessionmaker[Session], campaign_id: int
+) -> None:
+    # Values that look like the JSON the PostgreSQL path builds and strips must come back as written.
+    data = ('email,city,note,website\n'
+            'ann@one.example,Austin,"she said ""x"":null, twice",http://one.example/a\n'
+            'bo@two.example,,"two\nlines",\n'
+            'cy@three.example,,,\n').encode()
+    with session_scope(sessions) as session:
+        assert import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "api").stored == 3
+    with session_scope(sessions) as session:
+        fields = dict(session.execute(select(Lead.email, Lead.custom_fields)).tuples().all())
+    assert fields == {
+        "ann@one.example": {"city": "Austin", "note": 'she said "x":null, twice', "website": "http://one.example/a"},
+        "bo@two.example": {"note": "two\nlines"},
+        "cy@three.example": {},
+    }

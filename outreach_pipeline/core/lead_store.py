@@ -1,10 +1,9 @@
 """Storing validated lead rows: skip addresses already in the campaign or suppressed, insert the rest.
 
 Two ways to one result. PostgreSQL gets the fast path: imports into one campaign take turns (an advisory
-lock), each chunk is `COPY`ed into a temporary staging table, then one `INSERT ... SELECT` skips the
-addresses already there or suppressed; only when fewer rows landed than were staged does a second query
-name why each of the others was refused. SQLite (the embedded default) gets the portable one: look up,
-then `executemany`.
+lock), so each chunk's addresses are looked up among the campaign's leads and the owner's suppressions,
+and the rest is `COPY`ed straight into `leads`, rows prepared in Arrow (reply tokens, custom fields as
+JSON). SQLite (the embedded default) gets the portable one: look up, then `executemany`.
 Rows arrive as a frame indexed by their file line, with `email_key` (the lower-cased address) beside them.
 """
 
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import TextClause, exists, select, text
 from sqlalchemy.orm import Session
@@ -30,9 +30,6 @@ from outreach_pipeline.db.models import Campaign, Lead, LeadStatus, Suppression
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
 LOOKUP_BATCH = 5000
-# jsonb_build_object takes at most 100 arguments: custom fields are built 50 pairs at a time.
-JSON_PAIRS_PER_CALL = 50
-STAGE_WORK_MEM = "64MB"
 IMPORT_LOCK_SPACE = 0x1EAD  # first key of the advisory lock that serialises imports into one campaign
 
 
@@ -139,18 +136,46 @@ class PortableLeadStore:
         return set(result.scalars())
 
 
-# --- PostgreSQL: COPY into a staging table, then one INSERT ... SELECT ----------------------------------
+# --- PostgreSQL: look up the chunk's addresses, then COPY the rest straight into leads -------------------
+
+
+_LEAD_COLUMNS = ("campaign_id", "email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"],
+                 "custom_fields", "status", "reply_token", "import_id", "created_at")
+# What JSON must escape in a string that passed the schema (no control characters but tab and line breaks).
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+
+
+def custom_fields_json(rows: pd.DataFrame, custom: list[str]) -> pa.Array:
+    """Each row's custom fields as a JSON object without its empty cells, built column-wise in Arrow.
+
+    Keys are canonical field names ([a-z0-9_]), so only the values need escaping.
+    """
+    if not custom:
+        return pa.repeat(pa.scalar("{}", pa.large_string()), len(rows))
+    members = []
+    for name in custom:
+        value = pa.array(rows[name], pa.large_string())
+        for raw, escaped in _JSON_ESCAPES:
+            value = pc.replace_substring(value, raw, escaped)
+        # A null value makes a null member, which the join below leaves out.
+        members.append(pc.binary_join_element_wise(_text(f',"{name}":"'), value, _text('"'), _text("")))
+    joined = pc.binary_join_element_wise(*members, _text(""), null_handling="replace", null_replacement="")
+    # Drop the first member's leading comma.
+    return pc.binary_join_element_wise(_text("{"), pc.utf8_slice_codeunits(joined, 1), _text("}"), _text(""))
+
+
+def _text(value: str) -> pa.Scalar:
+    return pa.scalar(value, pa.large_string())
 
 
 class PostgresLeadStore:
-    """One temporary staging table per import, emptied for every chunk, dropped at commit."""
+    """Imports into one campaign take turns; each chunk costs two index lookups of its addresses and a COPY."""
 
     def __init__(self, session: Session, target: StoreTarget) -> None:
         self.session = session
         self.target = target
-        self.custom: list[str] | None = None
-        # Imports into one campaign take turns, so each can see every address already there and insert
-        # plainly: ON CONFLICT DO NOTHING doubled the cost of the unique index on every row.
+        # Taking turns lets each import see every address already in the campaign and COPY the rest
+        # plainly: an INSERT ... ON CONFLICT DO NOTHING from a staging table cost twice as much per row.
         session.execute(text("SELECT pg_advisory_xact_lock(:space, :campaign_id)"),
                         {"space": IMPORT_LOCK_SPACE, "campaign_id": target.campaign_id})
         # Known once, under the lock: into an empty campaign (the usual large import) no row can conflict,
@@ -158,95 +183,56 @@ class PostgresLeadStore:
         self.campaign_had_leads = session.scalar(
             select(exists().where(Lead.campaign_id == target.campaign_id))) or False
 
-    def _create_stage(self, custom: list[str]) -> None:
-        columns = ", ".join(f"c{i} text" for i in range(len(custom)))
-        standard = ", ".join(f"{f} text" for f in STANDARD_FIELDS if f != "email")
-        # varchar like leads.email_key, so lookups by (campaign_id, email_key) can use the unique index.
-        self.session.execute(text(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS lead_stage (line bigint, email text, email_key varchar(320), "
-            "reply_token text, "
-            f"{standard}{', ' + columns if columns else ''}) ON COMMIT DROP"
-        ))
-        # For this transaction only: JIT compiling costs more than it saves on these statements, and the
-        # anti-join's hash of one chunk's keys should stay in memory.
-        self.session.execute(text("SET LOCAL jit = off"))
-        self.session.execute(text(f"SET LOCAL work_mem = '{STAGE_WORK_MEM}'"))
-        self.custom = custom
+    def _found(self, statement: TextClause, keys: str, **params: Any) -> set[str]:
+        return set(self.session.scalars(statement, {**params, "keys": keys}))
 
-    def _copy(self, rows: pd.DataFrame, custom: list[str]) -> None:
-        ordered = rows[["email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"], *custom]]
-        # Tokens made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY did.
-        ordered.insert(2, "reply_token", reply_tokens(self.target.import_id, rows.index))
-        table = pa.Table.from_pandas(ordered.reset_index(names="line"), preserve_index=False)
+    def _refused(self, rows: pd.DataFrame) -> dict[str, str]:
+        """Reason by address for the chunk's rows that must not land; suppression wins over a duplicate."""
+        # One text parameter split by the server: a list would be adapted element by element in Python.
+        # Addresses hold no line break (the schema refuses control characters).
+        keys = "\n".join(rows["email_key"].tolist())
+        reasons: dict[str, str] = {}
+        if self.campaign_had_leads:
+            reasons |= dict.fromkeys(self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id),
+                                     ALREADY_IN_CAMPAIGN)
+        reasons |= dict.fromkeys(self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id), SUPPRESSED)
+        return reasons
+
+    def _csv(self, rows: pd.DataFrame) -> bytes:
+        n = len(rows)
+        columns = {
+            "campaign_id": pa.repeat(pa.scalar(self.target.campaign_id, pa.int64()), n),
+            **{f: pa.array(rows[f], pa.large_string()) for f in ("email", "email_key")},
+            **{f: pa.array(rows[f], pa.large_string()) for f in STANDARD_FIELDS if f != "email"},
+            "custom_fields": custom_fields_json(rows, custom_columns(rows)),
+            "status": pa.repeat(pa.scalar(LeadStatus.PENDING.value), n),
+            # Made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY itself.
+            "reply_token": pa.array(reply_tokens(self.target.import_id, rows.index), pa.string()),
+            "import_id": pa.repeat(pa.scalar(self.target.import_id, pa.int64()), n),
+            "created_at": pa.repeat(pa.scalar(self.target.now.isoformat()), n),
+        }
+        table = pa.table([columns[c] for c in _LEAD_COLUMNS], names=list(_LEAD_COLUMNS))
         buffer = io.BytesIO()
         # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
         pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-        driver = self.session.connection().connection.driver_connection
-        with driver.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute("TRUNCATE lead_stage")
-            with cursor.copy("COPY lead_stage FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getbuffer())
-            # True row counts and the key's distinct values, so the planner picks hash joins; sampling only the
-            # key column costs a tenth of a full ANALYZE of every staged column.
-            cursor.execute("ANALYZE lead_stage (email_key)")
-
-    def _custom_json(self, custom: list[str]) -> tuple[str, dict[str, str]]:
-        if not custom:
-            return "'{}'::jsonb", {}
-        params = {f"k{i}": name for i, name in enumerate(custom)}
-        calls = []
-        for start in range(0, len(custom), JSON_PAIRS_PER_CALL):
-            end = min(start + JSON_PAIRS_PER_CALL, len(custom))
-            pairs = ", ".join(f"CAST(:k{i} AS text), s.c{i}" for i in range(start, end))
-            calls.append(f"jsonb_build_object({pairs})")
-        return f"jsonb_strip_nulls({' || '.join(calls)})", params
-
-    def _insert_statement(self, custom: list[str]) -> tuple[TextClause, dict[str, str]]:
-        standard = [f for f in STANDARD_FIELDS if f != "email"]
-        custom_json, params = self._custom_json(custom)
-        return text(f"""
-            INSERT INTO leads (campaign_id, email, email_key, {", ".join(standard)}, custom_fields, status,
-                               reply_token, import_id, created_at)
-            SELECT CAST(:campaign_id AS integer), s.email, s.email_key,
-                   {", ".join(f"s.{f}" for f in standard)}, {custom_json},
-                   CAST(:status AS text), s.reply_token, CAST(:import_id AS integer), CAST(:now AS timestamptz)
-            FROM lead_stage s
-            WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.owner_id = :owner_id AND x.email = s.email_key)
-              {self._NOT_IN_CAMPAIGN if self.campaign_had_leads else ""}
-        """), params
-
-    # One index probe per staged row. OFFSET 0 keeps the planner from turning this into a hash join, which
-    # would read every lead of the campaign again for each chunk, this import's own included.
-    _NOT_IN_CAMPAIGN = """AND NOT EXISTS (SELECT 1 FROM leads l WHERE l.campaign_id = :campaign_id
-                                                 AND l.email_key = s.email_key OFFSET 0)"""
-
-    # A staged row that did not land was suppressed or already in the campaign from an earlier import. The
-    # file holds each address once, so a lead with the address and another import's id refused the row.
-    _REFUSED = text("""
-        SELECT s.line, s.email,
-               CASE WHEN x.email IS NOT NULL THEN CAST(:suppressed AS text) ELSE CAST(:already AS text) END
-        FROM lead_stage s
-        LEFT JOIN suppressions x ON x.owner_id = :owner_id AND x.email = s.email_key
-        WHERE x.email IS NOT NULL OR EXISTS (
-            SELECT 1 FROM leads l WHERE l.campaign_id = :campaign_id AND l.email_key = s.email_key
-                                    AND l.import_id IS DISTINCT FROM :import_id)
-        ORDER BY s.line
-    """)
+        return buffer.getvalue()
 
     def store(self, rows: pd.DataFrame) -> StoreResult:
-        custom = custom_columns(rows)
-        if self.custom != custom:
-            self.session.execute(text("DROP TABLE IF EXISTS lead_stage"))
-            self._create_stage(custom)
-        self._copy(rows, custom)
-        statement, params = self._insert_statement(custom)
-        scope = {"campaign_id": self.target.campaign_id, "owner_id": self.target.owner_id,
-                 "import_id": self.target.import_id}
-        stored = self.session.execute(statement, {
-            **params, **scope, "now": self.target.now, "status": LeadStatus.PENDING.value,
-        }).rowcount
-        if stored == len(rows):  # the usual case: every row landed, nothing to explain
-            return StoreResult(stored, [])
-        refused = self.session.execute(self._REFUSED, {**scope, "suppressed": SUPPRESSED,
-                                                       "already": ALREADY_IN_CAMPAIGN}).all()
-        return StoreResult(stored, [(int(line), email, reason) for line, email, reason in refused])
+        reasons = self._refused(rows) if len(rows) else {}
+        landing = rows[~rows["email_key"].isin(list(reasons))] if reasons else rows
+        if len(landing):
+            driver = self.session.connection().connection.driver_connection
+            with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+                f"COPY leads ({', '.join(_LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+            ) as copy:
+                copy.write(self._csv(landing))
+        refused = [(int(line), email, reasons[key])
+                   for line, email, key in zip(rows.index, rows["email"], rows["email_key"], strict=True)
+                   if key in reasons]
+        return StoreResult(len(landing), refused)
+
+
+_IN_CAMPAIGN = text("SELECT email_key FROM leads WHERE campaign_id = :campaign_id "
+                    "AND email_key = ANY(string_to_array(CAST(:keys AS text), E'\\n'))")
+_SUPPRESSED = text("SELECT email FROM suppressions WHERE owner_id = :owner_id "
+                   "AND email = ANY(string_to_array(CAST(:keys AS text), E'\\n'))")
