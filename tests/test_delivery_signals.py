@@ -9,14 +9,31 @@ from typing import Any
 
 import pytest
 from dagster import instance_for_test, materialize
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.assets.sends import email_sends, send_partitions
-from outreach_pipeline.core.campaigns import StepSpec, campaign_stats
+from outreach_pipeline.core.campaigns import (
+    UNRENDERED,
+    StepSpec,
+    campaign_counts,
+    campaign_stats,
+    fold_campaign_counts,
+    pause_campaign,
+    resume_campaign,
+)
 from outreach_pipeline.core.events import handle_postmark_event
 from outreach_pipeline.core.suppression import is_suppressed
-from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignCount,
+    CampaignStatus,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    Template,
+)
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.resources import resources_from_settings
 from outreach_pipeline.send_checks import hard_bounce_rate
@@ -147,3 +164,73 @@ def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_chec
                 "Paused automatically: 4 of 60 emails hard-bounced (6.7%, above 5%). Clean the lead list, then resume.")
     finally:
         engine.dispose()
+
+
+# --- the counted stats -------------------------------------------------------------------------------
+
+
+def _recount(session: Session, campaign_id: int) -> dict[str, Any]:
+    """The stats the slow way: GROUP BY over every lead and job of the campaign."""
+    leads = dict(session.execute(select(Lead.status, func.count()).where(Lead.campaign_id == campaign_id)
+                                 .group_by(Lead.status)).tuples().all())
+    by_step: dict[int, dict[str, int]] = {}
+    by_variant: dict[int, dict[str, dict[str, int]]] = {}
+    for step, variant, status, count in session.execute(
+        select(EmailJob.step_number, Template.variant, EmailJob.status, func.count())
+        .outerjoin(Template, Template.id == EmailJob.template_id).where(EmailJob.campaign_id == campaign_id)
+        .group_by(EmailJob.step_number, Template.variant, EmailJob.status)
+    ):
+        by_step.setdefault(step, {})[status.value] = by_step.get(step, {}).get(status.value, 0) + count
+        by_variant.setdefault(step, {}).setdefault(variant or UNRENDERED, {})[status.value] = count
+    delivered = session.scalar(select(func.count()).where(EmailJob.campaign_id == campaign_id,
+                                                          EmailJob.delivered_at.is_not(None)))
+    return {"leads": {s.value: n for s, n in leads.items()}, "by_step": by_step, "by_variant": by_variant,
+            "delivered": delivered}
+
+
+def _counted(session: Session, campaign_id: int) -> dict[str, Any]:
+    stats = campaign_stats(session, session.get_one(Campaign, campaign_id))
+    def nonzero(counts: dict[str, int]) -> dict[str, int]:
+        return {status: n for status, n in counts.items() if n}
+    return {"leads": nonzero(stats.leads_by_status),
+            "by_step": {step: nonzero(c) for step, c in stats.jobs_by_step.items() if nonzero(c)},
+            "by_variant": {step: {v: nonzero(c) for v, c in variants.items() if nonzero(c)}
+                           for step, variants in stats.jobs_by_variant.items()
+                           if any(nonzero(c) for c in variants.values())},
+            "delivered": stats.delivered}
+
+
+def test_the_counted_stats_equal_a_plain_recount_through_sends_signals_pauses_and_deletes(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    sent = _sent(sessions, fake_postmark, 8)  # a two-step campaign: 8 first emails sent, 8 follow-ups pending
+    (replier, _, _), (_, _, delivered), (_, _, hard), (_, _, soft), (_, _, complaint), (gone, _, _), *_ = sent
+    with session_scope(sessions) as session:
+        campaign_id = session.get_one(Lead, replier).campaign_id
+        assert _counted(session, campaign_id) == _recount(session, campaign_id)
+        token = session.get_one(Lead, replier).reply_token
+
+    _event(sessions, "delivery", delivered, 0)
+    _event(sessions, "delivery", delivered, 0)  # a replay counts nothing twice
+    _event(sessions, "bounce", hard, 1, Type="HardBounce")
+    for n in (2, 3, 4):  # the third soft bounce stops the lead
+        _event(sessions, "bounce", soft, n, Type="SoftBounce")
+    _event(sessions, "spam_complaint", complaint, 5)
+    with session_scope(sessions) as session:
+        handle_postmark_event(session, {"RecordType": "Inbound", "MessageID": "reply-1", "MailboxHash": token,
+                                        "From": "someone@example.com", "Subject": "Re: hello"}, "Inbound")
+        campaign = session.get_one(Campaign, campaign_id)
+        pause_campaign(session, campaign)
+        resume_campaign(session, campaign)
+        session.delete(session.get_one(Lead, gone))  # its jobs go with it
+    with session_scope(sessions) as session:
+        counted = _counted(session, campaign_id)
+        assert counted == _recount(session, campaign_id)
+        assert counted["leads"] == {"CONTACTED": 3, "REPLIED": 1, "BOUNCED": 2, "UNSUBSCRIBED": 1}
+        assert counted["delivered"] == 1
+        fold_campaign_counts(session, campaign_id)  # folding the deltas changes no count
+    with session_scope(sessions) as session:
+        assert _counted(session, campaign_id) == _recount(session, campaign_id)
+        rows = session.scalar(select(func.count()).select_from(CampaignCount)
+                              .where(CampaignCount.campaign_id == campaign_id))
+        assert rows == len(campaign_counts(session, campaign_id))  # one row per key after a fold

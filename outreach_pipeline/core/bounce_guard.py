@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.campaigns import pause_campaign
-from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus
+from outreach_pipeline.core.campaigns import campaign_counts, pause_campaign
+from outreach_pipeline.db.models import Campaign, CampaignStatus, JobStatus, LeadStatus
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,10 @@ class BounceRate:
 
 
 def bounce_rate(session: Session, campaign_id: int) -> BounceRate:
-    """Leads BOUNCED over emails sent (a lead's first email is where a dead address shows)."""
-    sent = session.scalar(select(func.count()).select_from(EmailJob).where(
-        EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.SENT)) or 0
-    bounced = session.scalar(select(func.count()).select_from(Lead).where(
-        Lead.campaign_id == campaign_id, Lead.status == LeadStatus.BOUNCED)) or 0
+    """Leads BOUNCED over emails sent (a lead's first email is where a dead address shows), from the counters."""
+    counts = campaign_counts(session, campaign_id)
+    sent = sum(c.n for c in counts if c.kind == "job" and c.status == JobStatus.SENT.value)
+    bounced = sum(c.n for c in counts if c.kind == "lead" and c.status == LeadStatus.BOUNCED.value)
     return BounceRate(campaign_id, sent, bounced)
 
 

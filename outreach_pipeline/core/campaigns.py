@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.errors import (
@@ -27,6 +30,7 @@ from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
     Campaign,
+    CampaignCount,
     CampaignStatus,
     CampaignStep,
     EmailJob,
@@ -84,6 +88,8 @@ class CampaignStats(BaseModel):
     leads_total: int
     leads_by_status: dict[str, int]
     jobs_by_step: dict[int, dict[str, int]]
+    # step -> A/B variant -> job status counts; jobs not rendered yet are under "unassigned".
+    jobs_by_variant: dict[int, dict[str, dict[str, int]]] = Field(default_factory=dict)
     sent: int
     delivered: int
     replied: int
@@ -118,28 +124,29 @@ def list_campaigns(
 
 
 def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None = None) -> CampaignStats:
+    """Read from the trigger-kept counters (`campaign_counts`): a few rows whatever the campaign's size."""
     leads_by_status = {s.value: 0 for s in LeadStatus}
-    for status, count in session.execute(
-        select(Lead.status, func.count()).where(Lead.campaign_id == campaign.id).group_by(Lead.status)
-    ):
-        leads_by_status[status.value] = count
-    jobs_by_step: dict[int, dict[str, int]] = {s.number: {j.value: 0 for j in JobStatus} for s in campaign.steps}
-    for step, status, count in session.execute(
-        select(EmailJob.step_number, EmailJob.status, func.count())
-        .where(EmailJob.campaign_id == campaign.id)
-        .group_by(EmailJob.step_number, EmailJob.status)
-    ):
-        jobs_by_step.setdefault(step, {j.value: 0 for j in JobStatus})[status.value] = count
+    jobs_by_step: dict[int, dict[str, int]] = {s.number: _no_jobs() for s in campaign.steps}
+    jobs_by_variant: dict[int, dict[str, dict[str, int]]] = {}
+    variants = {template_id: variant for template_id, variant in session.execute(
+        select(Template.id, Template.variant).where(Template.campaign_id == campaign.id))}
+    delivered = 0
+    for count in campaign_counts(session, campaign.id):
+        if count.kind == "lead":
+            leads_by_status[count.status] = leads_by_status.get(count.status, 0) + count.n
+            continue
+        jobs_by_step.setdefault(count.step_number, _no_jobs())[count.status] += count.n
+        variant = variants.get(count.template_id, UNRENDERED)
+        jobs_by_variant.setdefault(count.step_number, {}).setdefault(variant, _no_jobs())[count.status] += count.n
+        delivered += count.n if count.delivered else 0
     sent = sum(step[JobStatus.SENT.value] for step in jobs_by_step.values())
-    delivered = session.scalar(
-        select(func.count()).where(EmailJob.campaign_id == campaign.id, EmailJob.delivered_at.is_not(None))
-    ) or 0
     contacted = sum(leads_by_status[s.value] for s in LeadStatus if s not in (LeadStatus.PENDING, LeadStatus.FAILED))
     replied, bounced = leads_by_status[LeadStatus.REPLIED.value], leads_by_status[LeadStatus.BOUNCED.value]
     return CampaignStats(
         leads_total=sum(leads_by_status.values()),
         leads_by_status=leads_by_status,
         jobs_by_step=jobs_by_step,
+        jobs_by_variant=jobs_by_variant,
         sent=sent,
         delivered=delivered,
         replied=replied,
@@ -150,6 +157,57 @@ def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None =
         paused_reason=campaign.paused_reason,
         generation=generation_usage(session, campaign, prices or Prices()),
     )
+
+
+def _no_jobs() -> dict[str, int]:
+    return {j.value: 0 for j in JobStatus}
+
+
+UNRENDERED = "unassigned"  # the variant of jobs not sent yet: the A/B choice is made when a job is rendered
+FOLD_ABOVE = 64  # delta rows of one campaign before a read folds them into one row per key
+COUNT_KEY = ("kind", "step_number", "template_id", "status", "delivered")
+
+
+@dataclass(frozen=True)
+class Count:
+    kind: str  # lead | job
+    step_number: int
+    template_id: int
+    status: str
+    delivered: bool
+    n: int
+
+
+def campaign_counts(session: Session, campaign_id: int) -> list[Count]:
+    """The campaign's lead and job counts by key, summed from the deltas the triggers appended."""
+    counts = CampaignCount.__table__.c
+    key = [counts[name] for name in COUNT_KEY]
+    # Cast: PostgreSQL sums a bigint into a numeric, which would come back as a Decimal.
+    rows = session.execute(select(*key, cast(func.sum(counts.n), BigInteger), func.count())
+                           .where(counts.campaign_id == campaign_id)
+                           .group_by(*key)).all()
+    if sum(row[-1] for row in rows) > FOLD_ABOVE:
+        fold_campaign_counts(session, campaign_id)
+    return [Count(*row[:-1]) for row in rows if row[-2]]
+
+
+def fold_campaign_counts(session: Session, campaign_id: int) -> None:
+    """Replace a campaign's deltas by one row per key (keys summing to 0 go): the reads stay a few rows.
+
+    DELETE ... RETURNING takes exactly the rows it removes, in one snapshot: a delta a concurrent
+    transaction commits meanwhile is neither lost nor counted twice, and no row is ever updated in place,
+    so writers never queue behind a fold or one another.
+    """
+    table = CampaignCount.__table__
+    removed = session.execute(delete(table).where(table.c.campaign_id == campaign_id)
+                              .returning(*(table.c[name] for name in COUNT_KEY), table.c.n))
+    totals: Counter[tuple[Any, ...]] = Counter()
+    for *key, n in removed:
+        totals[tuple(key)] += n
+    folded = [{"campaign_id": campaign_id, **dict(zip(COUNT_KEY, key, strict=True)), "n": n}
+              for key, n in totals.items() if n]
+    if folded:
+        session.execute(insert(table), folded)
 
 
 # --- changing --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from outreach_pipeline.db.base import Base, JsonType, utcnow
@@ -309,8 +309,32 @@ class WebhookEvent(Base):
     record_type: Mapped[str] = mapped_column(String(32))
     provider_id: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]]
-    lead_id: Mapped[int | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
+    # Indexed: a soft bounce counts the lead's earlier ones on the webhook hot path.
+    lead_id: Mapped[int | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("email_jobs.id", ondelete="SET NULL"))
     outcome: Mapped[str] = mapped_column(String(200), default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]
+
+
+class CampaignCount(Base):
+    """Append-only deltas of a campaign's lead and job counts, so its stats never count a million rows.
+
+    Written only by database triggers on `leads` and `email_jobs` (migration 0007): statement-level with
+    transition tables on PostgreSQL (one aggregated insert per statement, so concurrent senders never wait
+    on a shared counter row), per row on SQLite. A count is the sum of `n` over its key;
+    `core/campaigns.py` folds a campaign's rows into one per key when it reads them.
+    """
+
+    __tablename__ = "campaign_counts"
+
+    # 64 bits on PostgreSQL: every counted statement appends rows; SQLite needs INTEGER for its rowid.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    # No foreign key: a cascading campaign delete appends deltas for the campaign going away.
+    campaign_id: Mapped[int] = mapped_column(index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # lead | job
+    step_number: Mapped[int]  # 0 for leads
+    template_id: Mapped[int]  # 0 for leads and for jobs not rendered yet
+    status: Mapped[str] = mapped_column(String(16))
+    delivered: Mapped[bool]  # jobs with delivered_at set
+    n: Mapped[int] = mapped_column(BigInteger)
