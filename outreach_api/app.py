@@ -35,8 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings) -> Services:
-    # PostgreSQL: a fixed pool, one connection per handler thread (see limit_threads in create_app).
-    pool = {} if is_sqlite(settings.database_url) else {"pool_size": settings.api_db_pool_size, "max_overflow": 0}
+    # PostgreSQL: a fixed pool, one connection per handler thread (see limit_threads in create_app). No
+    # pre-ping: it cost a round trip per request, a third of a webhook's. A connection the server dropped
+    # fails one request (a 500, which Postmark retries; a person retries) and SQLAlchemy then invalidates the
+    # whole pool; recycling connections after half an hour keeps idle ones from going stale behind firewalls.
+    pool = {} if is_sqlite(settings.database_url) else {
+        "pool_size": settings.api_db_pool_size, "max_overflow": 0, "pool_pre_ping": False, "pool_recycle": 1800,
+        "pool_use_lifo": True}
     engine = create_db_engine(settings.database_url, **pool)
     return Services(settings=settings, engine=engine, sessions=make_session_factory(engine),
                     mailer=mailer_from_settings(settings), writer=writer_from_settings(settings))

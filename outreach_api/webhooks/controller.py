@@ -5,20 +5,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
+from outreach_api.context import Services
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.events import handle_postmark_event
+from outreach_pipeline.db.session import session_scope
 
 
-class EventOut(BaseModel):
+@dataclass(frozen=True)
+class EventOut:
+    """A dataclass, not a pydantic model: Litestar encodes it with msgspec, cheaper on the hottest route."""
+
     stored: bool
     duplicate: bool
     outcome: str
@@ -64,13 +68,16 @@ def _check_shape(payload: dict[str, Any], record_type: str) -> None:
             raise InvalidInputError(f"{field} is longer than {MAX_ID} characters.")
 
 
-def _handle(db: Session, payload: dict[str, Any], record_type: str) -> EventOut:
+def _handle(services: Services, payload: dict[str, Any], record_type: str) -> EventOut:
     record_type = str(payload.get("RecordType") or record_type)
     _check_shape(payload, record_type)
-    try:
-        result = handle_postmark_event(db, payload, record_type)
-    except ValueError as error:
-        raise InvalidInputError(f"Not a Postmark {record_type} payload: {error}") from error
+    # The whole unit of work (checkout, statements, commit, checkin) runs on this one handler thread: no
+    # second thread hop for the commit as through the `db` dependency, the hottest route's biggest saving.
+    with session_scope(services.sessions) as session:
+        try:
+            result = handle_postmark_event(session, payload, record_type)
+        except ValueError as error:
+            raise InvalidInputError(f"Not a Postmark {record_type} payload: {error}") from error
     return EventOut(stored=not result.duplicate, duplicate=result.duplicate, outcome=result.outcome)
 
 
@@ -82,18 +89,18 @@ class PostmarkWebhookController(Controller):
     request_max_body_size = 50 * 1024 * 1024
 
     @post("/", status_code=200, sync_to_thread=True)
-    def any_event(self, data: dict[str, Any], db: Session) -> EventOut:
+    def any_event(self, data: dict[str, Any], services: Services) -> EventOut:
         """Any Postmark record type, told apart by its RecordType."""
-        return _handle(db, data, str(data.get("RecordType", "")) or "Unknown")
+        return _handle(services, data, str(data.get("RecordType", "")) or "Unknown")
 
     @post("/inbound", status_code=200, sync_to_thread=True)
-    def inbound(self, data: dict[str, Any], db: Session) -> EventOut:
-        return _handle(db, data, "Inbound")
+    def inbound(self, data: dict[str, Any], services: Services) -> EventOut:
+        return _handle(services, data, "Inbound")
 
     @post("/bounce", status_code=200, sync_to_thread=True)
-    def bounce(self, data: dict[str, Any], db: Session) -> EventOut:
-        return _handle(db, data, "Bounce")
+    def bounce(self, data: dict[str, Any], services: Services) -> EventOut:
+        return _handle(services, data, "Bounce")
 
     @post("/delivery", status_code=200, sync_to_thread=True)
-    def delivery(self, data: dict[str, Any], db: Session) -> EventOut:
-        return _handle(db, data, "Delivery")
+    def delivery(self, data: dict[str, Any], services: Services) -> EventOut:
+        return _handle(services, data, "Delivery")

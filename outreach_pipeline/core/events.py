@@ -1,20 +1,39 @@
-"""Postmark webhooks: store each event once, then act on it (stop sequences, suppress, record)."""
+"""Postmark webhooks: store each event once, then act on it (stop sequences, suppress, record).
+
+The hot path (deliveries, bounces) is a handful of Core statements and no ORM object: one query reads the
+sent email an event concerns with everything acting on it needs (`Target`), the event is inserted with
+its outcome already written (`INSERT ... ON CONFLICT DO NOTHING RETURNING`: a replay stops there), then
+the writes run, all in the caller's transaction. An outcome that only the writes can tell (how many jobs
+were skipped) is predicted from the read and corrected by one more statement in the rare case it differs.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Update,
+    bindparam,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.suppression import lift_suppression, suppress
 from outreach_pipeline.db.base import utcnow
-from outreach_pipeline.db.dialect import insert_ignoring_conflicts
 from outreach_pipeline.db.models import (
+    Campaign,
     EmailJob,
     JobStatus,
     Lead,
@@ -32,6 +51,8 @@ SOFT_BOUNCE_LIMIT = 3
 SOFT_BOUNCE_DELAY = timedelta(days=1)
 # Records that can arrive many times for one message: each distinct one is kept, by its timestamp.
 TIMESTAMPED_RECORDS = {"Open": "ReceivedAt", "Click": "ReceivedAt", "SubscriptionChange": "ChangedAt"}
+# Records that may stop a lead: their outcome says how many of its pending jobs were skipped.
+MAY_STOP_THE_LEAD = {"Bounce", "SpamComplaint", "SubscriptionChange"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,40 @@ class EventResult:
     event_id: int | None
     duplicate: bool
     outcome: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The sent email an event concerns and its lead, read in one query before anything is written."""
+
+    job_id: int
+    lead_id: int
+    lead_status: LeadStatus
+    email_key: str
+    owner_id: int
+    pending_jobs: int  # the lead's jobs still to send: what stopping the lead would skip (0 when not counted)
+    soft_bounces: int  # soft bounces already recorded for the lead (0 when not counted)
+
+
+# The writes of an event, run once it is stored; returns the outcome when it differs from the predicted one.
+Apply = Callable[[Session], str | None]
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A single prebuilt UPDATE and its parameters: the whole of an event's writes when that is enough."""
+
+    statement: Update
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    outcome: str
+    job_id: int | None = None
+    lead_id: int | None = None
+    apply: Apply | None = None
+    follow_up: FollowUp | None = None
 
 
 def _event_key(record_type: str, payload: dict[str, Any]) -> str:
@@ -63,125 +118,173 @@ def skip_pending_jobs(session: Session, lead_id: int, reason: str) -> int:
     return result.rowcount or 0
 
 
-Handler = Callable[[Session, dict[str, Any], WebhookEvent], str]
+def _soft_bounce_filter() -> ColumnElement[bool]:
+    return (WebhookEvent.record_type == "Bounce") & WebhookEvent.payload["Type"].as_string().in_(SOFT_BOUNCE_TYPES)
 
 
-def _job_for_message(session: Session, message_id: str | None) -> EmailJob | None:
+# The hot path's statements are built once: SQLAlchemy memoises a statement's cache key on the object, so
+# a reused statement skips construction and key generation (most of the Python time per event otherwise),
+# and they run on the session's Connection, past the ORM's bulk-update machinery they do not need.
+def _target_query(counts: bool) -> Select[Any]:
+    pending: Any = literal(0)
+    soft: Any = literal(0)
+    if counts:
+        pending = (select(func.count()).where(EmailJob.lead_id == Lead.id, EmailJob.status == JobStatus.PENDING)
+                   .correlate(Lead).scalar_subquery())
+        soft = (select(func.count()).select_from(WebhookEvent)
+                .where(WebhookEvent.lead_id == Lead.id, _soft_bounce_filter()).correlate(Lead).scalar_subquery())
+    return (select(EmailJob.id, EmailJob.lead_id, Lead.status, Lead.email_key, Campaign.owner_id, pending, soft)
+            .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id)
+            .where(EmailJob.provider_message_id == bindparam("message_id")).limit(1))
+
+
+_TARGET = {counts: _target_query(counts) for counts in (False, True)}
+_JOBS = EmailJob.__table__
+_STAMP = {column: update(_JOBS).where(_JOBS.c.id == bindparam("job_id"), _JOBS.c[column].is_(None))
+          .values({column: bindparam("at", type_=_JOBS.c[column].type)})
+          for column in ("delivered_at", "opened_at", "clicked_at")}
+_EVENTS = WebhookEvent.__table__
+_STORED_COLUMNS = ("provider", "record_type", "provider_id", "payload", "job_id", "lead_id", "outcome",
+                   "received_at", "processed_at")
+# Named binds ("ev_*"): the insert may sit in a CTE, where values cannot come from the execute() keys alone.
+_STORE = {dialect: insert(_EVENTS).values({name: bindparam(f"ev_{name}", type_=_EVENTS.c[name].type)
+                                           for name in _STORED_COLUMNS})
+          .on_conflict_do_nothing(index_elements=["provider", "record_type", "provider_id"]).returning(_EVENTS.c.id)
+          for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+
+
+@cache
+def _store_then(follow_up: Update) -> Select[tuple[int]]:
+    """PostgreSQL: the insert and its follow-up in one statement (one round trip less on the hottest path);
+    the follow-up changes nothing unless the insert stored a row, so a replay still changes nothing."""
+    event = _STORE["postgresql"].cte("event")
+    then = follow_up.where(exists(select(event.c.id))).cte("then")
+    return select(event.c.id).add_cte(then)
+
+
+def _target(session: Session, message_id: Any, counts: bool) -> Target | None:
+    """The sent email `message_id` names; `counts` only for the records that may stop its lead."""
     if not message_id:
         return None
-    return session.scalar(select(EmailJob).where(EmailJob.provider_message_id == str(message_id)))
+    row = session.connection().execute(_TARGET[counts], {"message_id": str(message_id)}).first()
+    return Target(*row) if row is not None else None
 
 
-def _on_inbound(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    # Matching (mailbox hash, thread, sender) and auto-reply detection live in core/replies.py.
-    from outreach_pipeline.core.replies import handle_inbound
+def _stop_lead(status: LeadStatus, target: Target, suppression_reason: str, skip_reason: str,
+               outcome: Callable[[int], str]) -> Action:
+    """The lead gets `status`, its address is suppressed for the owner, its pending jobs are skipped."""
 
-    return handle_inbound(session, payload, event)
+    def apply(session: Session) -> str | None:
+        session.execute(update(Lead).where(Lead.id == target.lead_id).values(status=status))
+        suppress(session, target.owner_id, target.email_key, suppression_reason)
+        skipped = skip_pending_jobs(session, target.lead_id, skip_reason)
+        return outcome(skipped) if skipped != target.pending_jobs else None
+
+    return Action(outcome(target.pending_jobs), target.job_id, target.lead_id, apply)
 
 
-def _on_bounce(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "bounce for a message we did not send"
-    event.job_id, event.lead_id = job.id, job.lead_id
+def _on_bounce(payload: dict[str, Any], target: Target | None) -> Action:
+    if target is None:
+        return Action("bounce for a message we did not send")
     bounce_type = str(payload.get("Type", ""))
-    lead = job.lead
     if bounce_type == "SpamComplaint":
-        return _on_spam_complaint(session, payload, event)
+        return _on_spam_complaint(payload, target)
     if bounce_type in SOFT_BOUNCE_TYPES:
-        return _on_soft_bounce(session, lead, bounce_type)
+        return _on_soft_bounce(target, bounce_type)
     if bounce_type not in HARD_BOUNCE_TYPES:
-        return f"{bounce_type or 'unknown'} bounce recorded"
-    lead.status = LeadStatus.BOUNCED
-    suppress(session, lead.campaign.owner_id, lead.email_key, "bounce")
-    skipped = skip_pending_jobs(session, lead.id, f"address bounced ({bounce_type})")
-    return f"lead {lead.id} bounced ({bounce_type}); address suppressed; {skipped} pending job(s) skipped"
+        return Action(f"{bounce_type or 'unknown'} bounce recorded", target.job_id, target.lead_id)
+    lead = target.lead_id
+    return _stop_lead(LeadStatus.BOUNCED, target, "bounce", f"address bounced ({bounce_type})", lambda skipped: (
+        f"lead {lead} bounced ({bounce_type}); address suppressed; {skipped} pending job(s) skipped"))
 
 
-def _soft_bounces(session: Session, lead_id: int) -> int:
-    types = session.scalars(select(WebhookEvent.payload).where(
-        WebhookEvent.lead_id == lead_id, WebhookEvent.record_type == "Bounce")).all()
-    return sum(1 for payload in types if str(payload.get("Type", "")) in SOFT_BOUNCE_TYPES)
-
-
-def _on_soft_bounce(session: Session, lead: Lead, bounce_type: str) -> str:
-    session.flush()  # this event's lead_id must count
-    count = _soft_bounces(session, lead.id)
+def _on_soft_bounce(target: Target, bounce_type: str) -> Action:
+    count = target.soft_bounces + 1  # this one is stored with the action, so it counts too
     if count >= SOFT_BOUNCE_LIMIT:
-        lead.status = LeadStatus.BOUNCED
-        suppress(session, lead.campaign.owner_id, lead.email_key, "soft-bounce")
-        skipped = skip_pending_jobs(session, lead.id, f"address soft-bounced {count} times")
-        return f"lead {lead.id} soft-bounced {count} times; address suppressed; {skipped} pending job(s) skipped"
-    # Retry later: the lead's next email waits a day for the receiving side to recover.
-    pending = session.scalars(select(EmailJob).where(EmailJob.lead_id == lead.id,
-                                                     EmailJob.status == JobStatus.PENDING)).all()
-    for job in pending:  # a lead has a handful of jobs at most; date arithmetic in Python is portable
-        job.due_at = job.due_at + SOFT_BOUNCE_DELAY
-    delayed = len(pending)
-    log.info("soft bounce %d of %d for lead %d; %d pending job(s) delayed a day",
-             count, SOFT_BOUNCE_LIMIT, lead.id, delayed)
-    return f"{bounce_type} bounce recorded"
+        lead = target.lead_id
+        return _stop_lead(LeadStatus.BOUNCED, target, "soft-bounce", f"address soft-bounced {count} times",
+                          lambda skipped: (f"lead {lead} soft-bounced {count} times; address suppressed; "
+                                           f"{skipped} pending job(s) skipped"))
+
+    def apply(session: Session) -> None:
+        # Retry later: the lead's next email waits a day for the receiving side to recover. A lead has a
+        # handful of jobs at most, so the date arithmetic stays in Python, where it is portable.
+        pending = session.execute(select(EmailJob.id, EmailJob.due_at).where(
+            EmailJob.lead_id == target.lead_id, EmailJob.status == JobStatus.PENDING)).all()
+        for job_id, due_at in pending:
+            session.execute(update(EmailJob).where(EmailJob.id == job_id).values(due_at=due_at + SOFT_BOUNCE_DELAY))
+        log.debug("soft bounce %d of %d for lead %d; %d pending job(s) delayed a day",
+                  count, SOFT_BOUNCE_LIMIT, target.lead_id, len(pending))
+
+    return Action(f"{bounce_type} bounce recorded", target.job_id, target.lead_id,
+                  apply if target.pending_jobs else None)
 
 
-def _on_spam_complaint(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "complaint for a message we did not send"
-    event.job_id, event.lead_id = job.id, job.lead_id
-    lead = job.lead
-    lead.status = LeadStatus.UNSUBSCRIBED
-    suppress(session, lead.campaign.owner_id, lead.email_key, "complaint")
-    skip_pending_jobs(session, lead.id, "spam complaint")
-    return f"lead {lead.id} complained; address suppressed"
+def _on_spam_complaint(_payload: dict[str, Any], target: Target | None) -> Action:
+    if target is None:
+        return Action("complaint for a message we did not send")
+    return _stop_lead(LeadStatus.UNSUBSCRIBED, target, "complaint", "spam complaint",
+                      lambda _skipped: f"lead {target.lead_id} complained; address suppressed")
 
 
-def _on_delivery(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "delivery for a message we did not send"
-    event.job_id, event.lead_id = job.id, job.lead_id
-    job.delivered_at = job.delivered_at or utcnow()
-    return f"job {job.id} delivered"
+def _stamp_once(job_id: int, column: str, at: datetime) -> FollowUp:
+    """The first delivery/open/click sets the job's timestamp; later ones leave it."""
+    return FollowUp(_STAMP[column], {"job_id": job_id, "at": at})
 
 
-def _engagement(record_type: str, stamp: str, verb: str) -> Handler:
-    """Opens and clicks: the first one stamps the job; one for a message we did not send is only recorded."""
+Handler = Callable[[dict[str, Any], Target | None], Action]
 
-    def handle(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
-        job = _job_for_message(session, payload.get("MessageID"))
-        if job is None:
-            return f"{record_type} recorded"
-        event.job_id, event.lead_id = job.id, job.lead_id
-        if getattr(job, stamp) is None:
-            setattr(job, stamp, utcnow())
-        return f"job {job.id} {verb}"
+
+def _engagement(stamp: str, verb: str, unknown: str) -> Handler:
+    """Deliveries, opens and clicks: the first stamps the job; one for a message we did not send is only recorded."""
+
+    def handle(_payload: dict[str, Any], target: Target | None) -> Action:
+        if target is None:
+            return Action(unknown)
+        return Action(f"job {target.job_id} {verb}", target.job_id, target.lead_id,
+                      follow_up=_stamp_once(target.job_id, stamp, utcnow()))
 
     return handle
 
 
-_on_open = _engagement("Open", "opened_at", "opened")
-_on_click = _engagement("Click", "clicked_at", "clicked")
+_on_delivery = _engagement("delivered_at", "delivered", "delivery for a message we did not send")
+_on_open = _engagement("opened_at", "opened", "Open recorded")
+_on_click = _engagement("clicked_at", "clicked", "Click recorded")
 
 
-def _on_subscription_change(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+def _on_subscription_change(payload: dict[str, Any], target: Target | None) -> Action:
     """Postmark's own suppression list changed: SuppressSending true suppresses, false lifts ours too."""
-    job = _job_for_message(session, payload.get("MessageID"))
-    if job is None:
-        return "SubscriptionChange recorded"  # for a message we did not send
-    event.job_id, event.lead_id = job.id, job.lead_id
-    lead = job.lead
-    owner_id = lead.campaign.owner_id
+    if target is None:
+        return Action("SubscriptionChange recorded")  # for a message we did not send
+    lead = target.lead_id
     if payload.get("SuppressSending"):
         reason = str(payload.get("SuppressionReason") or "provider")[:32]
-        suppress(session, owner_id, lead.email_key, reason)
-        skipped = skip_pending_jobs(session, lead.id, f"provider suppressed the address ({reason})")
-        return f"lead {lead.id} suppressed by the provider ({reason}); {skipped} pending job(s) skipped"
-    lifted = lift_suppression(session, owner_id, lead.email_key)
-    return f"suppression of lead {lead.id} lifted" if lifted else f"lead {lead.id} was not suppressed"
+
+        def suppress_lead(session: Session) -> str | None:
+            suppress(session, target.owner_id, target.email_key, reason)
+            skipped = skip_pending_jobs(session, lead, f"provider suppressed the address ({reason})")
+            return None if skipped == target.pending_jobs else outcome(skipped)
+
+        def outcome(skipped: int) -> str:
+            return f"lead {lead} suppressed by the provider ({reason}); {skipped} pending job(s) skipped"
+
+        return Action(outcome(target.pending_jobs), target.job_id, lead, suppress_lead)
+
+    def lift(session: Session) -> str | None:
+        lifted = lift_suppression(session, target.owner_id, target.email_key)
+        return None if lifted else f"lead {lead} was not suppressed"
+
+    return Action(f"suppression of lead {lead} lifted", target.job_id, lead, lift)
 
 
-HANDLERS = {
-    "Inbound": _on_inbound,
+def _on_inbound(session: Session, payload: dict[str, Any]) -> Action:
+    # Matching (mailbox hash, thread, sender) and auto-reply detection live in core/replies.py.
+    from outreach_pipeline.core.replies import handle_inbound
+
+    return handle_inbound(session, payload)
+
+
+HANDLERS: dict[str, Handler] = {
     "Bounce": _on_bounce,
     "SpamComplaint": _on_spam_complaint,
     "Delivery": _on_delivery,
@@ -191,23 +294,48 @@ HANDLERS = {
 }
 
 
+def _plan(session: Session, payload: dict[str, Any], record_type: str) -> Action:
+    """What the event will do, from reads only: nothing is written before the event is stored."""
+    if record_type == "Inbound":
+        return _on_inbound(session, payload)
+    handler = HANDLERS.get(record_type)
+    if handler is None:
+        return Action(f"{record_type} recorded")
+    return handler(payload, _target(session, payload.get("MessageID"), counts=record_type in MAY_STOP_THE_LEAD))
+
+
+def _store(session: Session, record_type: str, key: str, payload: dict[str, Any], action: Action) -> int | None:
+    """Insert the event unless it is already there (then None): the unique key makes a replay a no-op.
+    The action's follow-up runs with it, only when the event was stored."""
+    now = utcnow()
+    values = {"ev_provider": "postmark", "ev_record_type": record_type, "ev_provider_id": key, "ev_payload": payload,
+              "ev_job_id": action.job_id, "ev_lead_id": action.lead_id, "ev_outcome": action.outcome,
+              "ev_received_at": now, "ev_processed_at": now}
+    connection = session.connection()
+    dialect, follow_up = connection.dialect.name, action.follow_up
+    if follow_up is not None and dialect == "postgresql":
+        return connection.execute(_store_then(follow_up.statement), {**values, **follow_up.params}).scalar()
+    event_id = connection.execute(_STORE[dialect], values).scalar()
+    if event_id is not None and follow_up is not None:
+        connection.execute(follow_up.statement, follow_up.params)
+    return event_id
+
+
 def handle_postmark_event(session: Session, payload: dict[str, Any], default_type: str) -> EventResult:
     """Store the event once and act on it in the same transaction; a replay changes nothing."""
     record_type = record_type_of(payload, default_type)
     key = _event_key(record_type, payload)
-    inserted = session.execute(
-        insert_ignoring_conflicts(session, WebhookEvent, ["provider", "record_type", "provider_id"])
-        .values(provider="postmark", record_type=record_type, provider_id=key, payload=payload)
-        .returning(WebhookEvent.id)
-    ).scalar()
-    if inserted is None:
+    action = _plan(session, payload, record_type)
+    event_id = _store(session, record_type, key, payload, action)
+    if event_id is None:
         return EventResult(None, True, "already processed")
-    event = session.get_one(WebhookEvent, inserted)
-    handler = HANDLERS.get(record_type)
-    event.outcome = handler(session, payload, event) if handler else f"{record_type} recorded"
-    event.processed_at = utcnow()
-    log.info("postmark event", extra={"record_type": record_type, "outcome": event.outcome})
-    return EventResult(event.id, False, event.outcome)
+    outcome = action.outcome
+    corrected = action.apply(session) if action.apply else None
+    if corrected is not None and corrected != outcome:
+        outcome = corrected
+        session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(outcome=outcome))
+    log.debug("postmark event", extra={"record_type": record_type, "outcome": outcome})
+    return EventResult(event_id, False, outcome)
 
 
 def unsubscribe_by_token(session: Session, reply_token: str) -> Lead | None:

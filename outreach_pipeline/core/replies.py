@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from outreach_pipeline.core.events import Action
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
     Campaign,
@@ -24,7 +25,6 @@ from outreach_pipeline.db.models import (
     JobStatus,
     Lead,
     LeadStatus,
-    WebhookEvent,
 )
 
 UNMATCHED = "reply matched no lead; kept for review"
@@ -134,27 +134,33 @@ def _who(lead: Lead, sender: str) -> str:
     return f" (from {'a colleague at the lead company' if same_company else 'another address'}, {sender[:80]})"
 
 
-def stop_sequence(session: Session, lead: Lead, reason: str) -> int:
+def stop_sequence(session: Session, lead_id: int, reason: str) -> int:
     result = session.execute(
-        update(EmailJob).where(EmailJob.lead_id == lead.id, EmailJob.status == JobStatus.PENDING)
+        update(EmailJob).where(EmailJob.lead_id == lead_id, EmailJob.status == JobStatus.PENDING)
         .values(status=JobStatus.SKIPPED, last_error=reason)
     )
     return result.rowcount or 0
 
 
-def handle_inbound(session: Session, payload: dict[str, Any], event: WebhookEvent) -> str:
+def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
     """Record an inbound message against its lead and, when a person wrote it, stop the lead's sequence."""
     headers = headers_of(payload)
     lead = match_reply(session, payload, headers)
     if lead is None:
-        return UNMATCHED
-    sender = sender_of(payload)
-    event.lead_id = lead.id
-    who = _who(lead, sender)
+        return Action(UNMATCHED)
+    lead_id, opened = lead.id, lead.status in OPEN_STATUSES
+    who = _who(lead, sender_of(payload))
     if is_auto_reply(headers, str(payload.get("Subject") or "")):
-        return f"auto-reply for lead {lead.id} recorded{who}; sequence continues"
-    if lead.status in OPEN_STATUSES:
-        lead.status = LeadStatus.REPLIED
-        lead.replied_at = utcnow()
-    skipped = stop_sequence(session, lead, "lead replied")
-    return f"lead {lead.id} replied{who}; {skipped} pending job(s) skipped"
+        return Action(f"auto-reply for lead {lead_id} recorded{who}; sequence continues", lead_id=lead_id)
+
+    def outcome(skipped: int) -> str:
+        return f"lead {lead_id} replied{who}; {skipped} pending job(s) skipped"
+
+    def record_reply(session: Session) -> str:
+        if opened:
+            session.execute(update(Lead).where(Lead.id == lead_id)
+                            .values(status=LeadStatus.REPLIED, replied_at=utcnow()))
+        return outcome(stop_sequence(session, lead_id, "lead replied"))
+
+    # Replies are rare next to deliveries: the skipped count is written once known (one more statement).
+    return Action(outcome(0), lead_id=lead_id, apply=record_reply)

@@ -48,7 +48,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # Pre-ping by default (one extra round trip per checkout); a hot caller may trade it away (see outreach_api/app.py).
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
