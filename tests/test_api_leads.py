@@ -153,6 +153,18 @@ def test_a_file_that_is_not_a_lead_list_is_refused_and_stores_nothing(
     assert _stored_count(client) == 0
 
 
+def test_a_multipart_upload_without_a_file_part_is_a_400(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    cid = _campaign(client, auth_headers)
+
+    answer = client.post(f"/api/campaigns/{cid}/leads/import", headers=auth_headers,
+                         files={"note": (None, "no file here")})
+
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "no file part" in answer.json()["detail"]
+    assert _stored_count(client) == 0
+
+
 def test_semicolon_and_windows_1252_files_import(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
     cid = _campaign(client, auth_headers)
     semicolons = "E-mail;First Name;Company\nana@uno.example;Ana;Uno, S.L.\nben@dos.example;Ben;Dos\n"
