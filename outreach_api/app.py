@@ -25,6 +25,7 @@ from outreach_api.ratelimit import auth_rate_limits
 from outreach_api.security import build_jwt_auth
 from outreach_api.templates.controller import TemplateController
 from outreach_api.unsubscribe.controller import UnsubscribeController
+from outreach_api.webhooks.batcher import EventBatcher
 from outreach_api.webhooks.controller import PostmarkWebhookController
 from outreach_pipeline.db.session import create_db_engine, is_sqlite, make_session_factory
 from outreach_pipeline.llm.factory import writer_from_settings
@@ -43,8 +44,9 @@ def build_services(settings: Settings) -> Services:
         "pool_size": settings.api_db_pool_size, "max_overflow": 0, "pool_pre_ping": False, "pool_recycle": 1800,
         "pool_use_lifo": True}
     engine = create_db_engine(settings.database_url, **pool)
-    return Services(settings=settings, engine=engine, sessions=make_session_factory(engine),
-                    mailer=mailer_from_settings(settings), writer=writer_from_settings(settings))
+    sessions = make_session_factory(engine)
+    return Services(settings=settings, engine=engine, sessions=sessions, mailer=mailer_from_settings(settings),
+                    writer=writer_from_settings(settings), events=EventBatcher(sessions))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     rate_limits = auth_rate_limits(settings)
 
     async def dispose_engine() -> None:
+        await anyio.to_thread.run_sync(services.events.stop)  # what is queued is applied first
         services.engine.dispose()
 
     async def limit_threads(app: Litestar) -> None:

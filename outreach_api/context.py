@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from outreach_api.webhooks.batcher import EventBatcher
 from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.llm.brief import TemplateWriter
 from outreach_pipeline.mail.message import Mailer
@@ -23,6 +24,7 @@ class Services:
     sessions: sessionmaker[Session]
     mailer: Mailer
     writer: TemplateWriter
+    events: EventBatcher
 
     @property
     def sender(self) -> SenderConfig:

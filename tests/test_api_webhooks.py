@@ -6,18 +6,25 @@ mailer, the file outbox), so bounces and deliveries refer to messages that were 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DataError
 
 from outreach_api.app import create_app
+from outreach_api.webhooks.batcher import EventBatcher
 from outreach_pipeline.core.delivery import dispatch_due
+from outreach_pipeline.core.events import EventResult
 from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, Suppression, WebhookEvent
 from tests.fixtures import PROVIDER_FIXTURES, WEBHOOK_AUTH, make_settings
 
@@ -348,3 +355,42 @@ def test_post_unsubscribes_and_suppresses_the_address_for_the_owner(
     assert button.status_code == 200
     assert _lead(client, "bo@two.example", first).status == LeadStatus.UNSUBSCRIBED
     assert _suppressions(client)[1:] == [(_owner(client, auth_headers), "bo@two.example", "unsubscribe")]
+
+
+def test_events_arriving_together_share_a_transaction_yet_a_bad_one_fails_alone(client: TestClient[Any]) -> None:
+    """Concurrent events are applied in shared transactions (outreach_api/webhooks/batcher.py). One that the
+    database refuses (PostgreSQL's JSONB cannot hold a NUL character) gets its 400; the others still land."""
+    good = [{**_fixture("delivery"), "MessageID": str(uuid.uuid4())} for _ in range(40)]
+    bad = {**_fixture("delivery"), "MessageID": str(uuid.uuid4()), "Details": "smtp;250 \u0000 ok"}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(
+            lambda payload: client.post("/api/webhooks/postmark", json=payload, auth=WEBHOOK_AUTH), [*good, bad]))
+
+    assert [a.status_code for a in answers[:-1]] == [200] * len(good)
+    assert all(a.json()["stored"] for a in answers[:-1])
+    refused = answers[-1].status_code == 400  # PostgreSQL refuses the NUL; SQLite stores it
+    assert refused or answers[-1].status_code == 200, answers[-1].text
+    assert _events(client) == len(good) + (0 if refused else 1)
+
+
+def test_a_batch_the_database_refuses_is_applied_again_event_by_event(
+    client: TestClient[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    batcher = EventBatcher(client.app.state.services.sessions)
+    good = [{**_fixture("delivery"), "MessageID": str(uuid.uuid4())} for _ in range(30)]
+    bad = {**_fixture("delivery"), "MessageID": str(uuid.uuid4()), "Details": "smtp;250 \u0000 ok"}
+    payloads = [*good[:15], bad, *good[15:]]
+
+    async def submit_all() -> list[Any]:
+        # Queued in one go, so all but the first wait together and form one batch.
+        return await asyncio.gather(*(batcher.submit(p, "Delivery") for p in payloads), return_exceptions=True)
+
+    with caplog.at_level(logging.INFO, logger="outreach_api.webhooks.batcher"):
+        results = asyncio.run(submit_all())
+    batcher.stop()
+
+    postgres = client.app.state.services.engine.dialect.name == "postgresql"
+    assert all(isinstance(r, EventResult) and not r.duplicate for r in results[:15] + results[16:])
+    assert isinstance(results[15], DataError) if postgres else isinstance(results[15], EventResult)
+    assert ("applying its" in caplog.text) == postgres  # the batch failed and was applied event by event
+    assert _events(client) == len(good) + (0 if postgres else 1)

@@ -1,4 +1,5 @@
-"""Postmark webhooks behind HTTP Basic auth; each event is stored once and acted on in one transaction."""
+"""Postmark webhooks behind HTTP Basic auth; each event is stored once and acted on in the transaction that
+stores it (shared with the other events arriving at that moment: outreach_api/webhooks/batcher.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from litestar.handlers.base import BaseRouteHandler
 
 from outreach_api.context import Services
 from outreach_pipeline.core.errors import InvalidInputError
-from outreach_pipeline.core.events import handle_postmark_event
-from outreach_pipeline.db.session import session_scope
 
 
 @dataclass(frozen=True)
@@ -68,16 +67,11 @@ def _check_shape(payload: dict[str, Any], record_type: str) -> None:
             raise InvalidInputError(f"{field} is longer than {MAX_ID} characters.")
 
 
-def _handle(services: Services, payload: dict[str, Any], record_type: str) -> EventOut:
+async def _handle(services: Services, payload: dict[str, Any], record_type: str) -> EventOut:
     record_type = str(payload.get("RecordType") or record_type)
     _check_shape(payload, record_type)
-    # The whole unit of work (checkout, statements, commit, checkin) runs on this one handler thread: no
-    # second thread hop for the commit as through the `db` dependency, the hottest route's biggest saving.
-    with session_scope(services.sessions) as session:
-        try:
-            result = handle_postmark_event(session, payload, record_type)
-        except ValueError as error:
-            raise InvalidInputError(f"Not a Postmark {record_type} payload: {error}") from error
+    # Applied with the other events waiting at this moment, in one transaction; answered after its commit.
+    result = await services.events.submit(payload, record_type)
     return EventOut(stored=not result.duplicate, duplicate=result.duplicate, outcome=result.outcome)
 
 
@@ -88,19 +82,19 @@ class PostmarkWebhookController(Controller):
     # Postmark posts inbound mail of up to 35 MB with attachments base64-encoded; checked after the guard.
     request_max_body_size = 50 * 1024 * 1024
 
-    @post("/", status_code=200, sync_to_thread=True)
-    def any_event(self, data: dict[str, Any], services: Services) -> EventOut:
+    @post("/", status_code=200)
+    async def any_event(self, data: dict[str, Any], services: Services) -> EventOut:
         """Any Postmark record type, told apart by its RecordType."""
-        return _handle(services, data, str(data.get("RecordType", "")) or "Unknown")
+        return await _handle(services, data, str(data.get("RecordType", "")) or "Unknown")
 
-    @post("/inbound", status_code=200, sync_to_thread=True)
-    def inbound(self, data: dict[str, Any], services: Services) -> EventOut:
-        return _handle(services, data, "Inbound")
+    @post("/inbound", status_code=200)
+    async def inbound(self, data: dict[str, Any], services: Services) -> EventOut:
+        return await _handle(services, data, "Inbound")
 
-    @post("/bounce", status_code=200, sync_to_thread=True)
-    def bounce(self, data: dict[str, Any], services: Services) -> EventOut:
-        return _handle(services, data, "Bounce")
+    @post("/bounce", status_code=200)
+    async def bounce(self, data: dict[str, Any], services: Services) -> EventOut:
+        return await _handle(services, data, "Bounce")
 
-    @post("/delivery", status_code=200, sync_to_thread=True)
-    def delivery(self, data: dict[str, Any], services: Services) -> EventOut:
-        return _handle(services, data, "Delivery")
+    @post("/delivery", status_code=200)
+    async def delivery(self, data: dict[str, Any], services: Services) -> EventOut:
+        return await _handle(services, data, "Delivery")

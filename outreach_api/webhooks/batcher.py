@@ -1,0 +1,137 @@
+"""Webhook events from concurrent requests, applied several to a transaction: one commit serves many.
+
+Postmark posts events one per request, and under load most of a request's cost was its own transaction:
+checkout, BEGIN, COMMIT with its disk flush, checkin. Here one writer thread per process takes whatever
+events are waiting (up to `max_batch`) and applies them in one transaction, each through the same core
+function as before. A request is answered only after the transaction holding its event has committed,
+so an acknowledged event is never lost. When a batch fails in the database (a value PostgreSQL refuses,
+a deadlock with the other process), it is rolled back and its events are applied again one by one, so
+one bad event cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach_pipeline.core.errors import InvalidInputError
+from outreach_pipeline.core.events import EventResult, handle_postmark_event
+from outreach_pipeline.db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+
+
+@dataclass
+class _Pending:
+    payload: dict[str, Any]
+    record_type: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[EventResult]
+
+
+_STOP = object()
+
+
+class EventBatcher:
+    def __init__(self, sessions: sessionmaker[Session], max_batch: int = MAX_BATCH) -> None:
+        self.sessions = sessions
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def submit(self, payload: dict[str, Any], record_type: str) -> EventResult:
+        """The event's result once its transaction has committed; InvalidInputError for a payload that is
+        not an event."""
+        self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[EventResult] = loop.create_future()
+        self._queue.put(_Pending(payload, record_type, loop, future))
+        return await future
+
+    def stop(self) -> None:
+        """Apply what is queued, then end the writer thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="webhook-writer", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Pending] = [first]  # type: ignore[list-item]
+            stopping = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._apply(batch)
+            if stopping:
+                return
+
+    def _apply(self, batch: list[_Pending]) -> None:
+        try:
+            with session_scope(self.sessions) as session:
+                results = [_one(session, pending) for pending in batch]
+        except Exception:  # noqa: BLE001 - a database error: each event gets its own transaction and answer
+            if len(batch) > 1:
+                log.info("webhook batch failed; applying its %d events one by one", len(batch), exc_info=True)
+            for pending in batch:
+                _settle(pending, self._alone(pending))
+            return
+        for pending, result in zip(batch, results, strict=True):
+            _settle(pending, result)
+
+    def _alone(self, pending: _Pending) -> EventResult | BaseException:
+        try:
+            with session_scope(self.sessions) as session:
+                return _one(session, pending)
+        except Exception as error:  # noqa: BLE001 - handed to the request, whose error handlers answer it
+            return error
+
+
+def _one(session: Session, pending: _Pending) -> EventResult | InvalidInputError:
+    """Apply one event. A payload that is not an event is refused before anything is written, so the
+    batch's transaction stays good for the others."""
+    try:
+        return handle_postmark_event(session, pending.payload, pending.record_type)
+    except ValueError as error:
+        return InvalidInputError(f"Not a Postmark {pending.record_type} payload: {error}")
+
+
+def _settle(pending: _Pending, result: EventResult | BaseException) -> None:
+    def set_result() -> None:
+        if pending.future.done():  # the request was cancelled (the client went away)
+            return
+        if isinstance(result, BaseException):
+            pending.future.set_exception(result)
+        else:
+            pending.future.set_result(result)
+
+    try:
+        pending.loop.call_soon_threadsafe(set_result)
+    except RuntimeError:  # the request's event loop has closed: nobody is waiting for this answer
+        log.debug("webhook answer dropped: its event loop is closed")
