@@ -6,16 +6,46 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, literal, select, text, update
+from sqlalchemy import ColumnElement, Integer, and_, any_, bindparam, exists, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.models import Campaign, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, Suppression
 
 
+def among(session: Session, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+    """`column IN (ids)`; on PostgreSQL one array parameter (`= ANY(:ids)`): nothing per value to render
+    or bind, and one plan whatever the batch size."""
+    if is_postgresql(session):
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
+    return column.in_(ids)
+
+
+_FIRST_JOB_COLUMNS = ["campaign_id", "lead_id", "step_number", "due_at", "status", "attempts", "created_at"]
+
+
+def _has_first_jobs(session: Session, campaign: Campaign) -> bool:
+    """Whether any lead of the campaign already has a step-1 job (a resume, or leads added to a running
+    campaign); a lead's jobs always carry its campaign, so one probe of the campaign's index answers."""
+    if is_postgresql(session):
+        # Launch, resume and imports into a running campaign all come through here: holding the campaign
+        # row until commit keeps the answer true for the INSERT below.
+        session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
+    first_job = select(EmailJob.id).where(EmailJob.campaign_id == campaign.id, EmailJob.step_number == 1).limit(1)
+    return session.connection().scalar(first_job) is not None
+
+
 def schedule_first_jobs(session: Session, campaign: Campaign, now: datetime) -> int:
-    """Give every PENDING lead without one a step-1 job due now, in one INSERT ... SELECT."""
-    has_job = exists().where(and_(EmailJob.lead_id == Lead.id, EmailJob.step_number == 1))
+    """Give every PENDING lead without one a step-1 job due now, in one INSERT ... SELECT.
+
+    Leads that already have a step-1 job are never found with a NOT EXISTS on email_jobs: that probe reads
+    the table the statement is filling, and when the planner believes it small (statistics taken before
+    a bulk insert) it walks every row inserted so far for each lead, which is quadratic (a 100,000-lead
+    launch stalled for minutes). A first launch has none to skip and runs a plain INSERT ... SELECT, as
+    cheap as the bare statement; later calls let ON CONFLICT on the unique (lead, step) key skip them,
+    one index lookup per lead whatever the statistics say.
+    """
     suppressed = exists().where(and_(Suppression.owner_id == campaign.owner_id, Suppression.email == Lead.email_key))
     eligible = select(
         literal(campaign.id),
@@ -25,12 +55,14 @@ def schedule_first_jobs(session: Session, campaign: Campaign, now: datetime) -> 
         literal(JobStatus.PENDING.value),
         literal(0),
         literal(now, EmailJob.created_at.type),
-    ).where(Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, ~has_job, ~suppressed)
-    statement = insert_ignoring_conflicts(session, EmailJob, ["lead_id", "step_number"]).from_select(
-        ["campaign_id", "lead_id", "step_number", "due_at", "status", "attempts", "created_at"], eligible
-    )
+    ).where(Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, ~suppressed)
+    if _has_first_jobs(session, campaign):
+        statement = insert_ignoring_conflicts(session, EmailJob, ["lead_id", "step_number"])
+    else:
+        statement = insert(EmailJob)
     # SQLAlchemy keeps an INSERT's row count only when asked (preserve_rowcount).
-    return session.connection().execute(statement.execution_options(preserve_rowcount=True)).rowcount
+    return session.connection().execute(
+        statement.from_select(_FIRST_JOB_COLUMNS, eligible).execution_options(preserve_rowcount=True)).rowcount
 
 
 def schedule_next_step(session: Session, campaign: Campaign, job: EmailJob, sent_at: datetime) -> EmailJob | None:
@@ -102,7 +134,7 @@ def mark_sent(session: Session, accepted: Sequence[Accepted], sent_at: datetime)
         return
     _record_sent_jobs(session, accepted, sent_at)
     lead_ids = [a.lead_id for a in accepted]
-    session.execute(update(Lead).where(Lead.id.in_(lead_ids), Lead.status == LeadStatus.PENDING)
+    session.execute(update(Lead).where(among(session, Lead.id, lead_ids), Lead.status == LeadStatus.PENDING)
                     .values(status=LeadStatus.CONTACTED).execution_options(synchronize_session=False))
     steps = {(s.campaign_id, s.number): s.delay_days for s in session.scalars(
         select(CampaignStep).where(CampaignStep.campaign_id.in_({a.campaign_id for a in accepted})))}
