@@ -4,12 +4,15 @@ Each batch moves through three short transactions so a job is never held in a tr
 the provider is called: claim (PENDING -> SENDING), compose, record (SENDING -> SENT | FAILED |
 SKIPPED, or back to PENDING on a passing error). Jobs a crashed run left SENDING are settled by
 asking the provider first (core/reconcile.py), so nothing is sent twice and nothing is lost.
+On PostgreSQL one thread claims and `concurrency` threads compose, send and record, so database work
+and HTTP calls overlap (requests releases the GIL while it waits).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -17,17 +20,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from outreach_pipeline.core.campaigns import complete_finished_campaigns
 from outreach_pipeline.core.claim import claim_due_jobs, defer_closed_windows
 from outreach_pipeline.core.compose import SenderConfig, ThreadParent, compose_email
-from outreach_pipeline.core.jobs import Accepted, mark_sent
+from outreach_pipeline.core.jobs import Accepted, among, mark_sent
 from outreach_pipeline.core.openers import opener_values
-from outreach_pipeline.core.placeholders import AI_OPENER, MissingFieldError
+from outreach_pipeline.core.placeholders import AI_OPENER, MissingFieldError, uses_field
 from outreach_pipeline.core.reconcile import reconcile_stale_jobs
 from outreach_pipeline.core.suppression import suppress, suppressed_among
 from outreach_pipeline.core.templates import choose_variant
@@ -92,19 +95,7 @@ class DispatchReport:
                 setattr(self, name, getattr(self, name) + value)
 
 
-def _thread_parent(session: Session, job: EmailJob, campaign: Campaign) -> ThreadParent | None:
-    step = next((s for s in campaign.steps if s.number == job.step_number), None)
-    if job.step_number == 1 or step is None or not step.thread:
-        return None
-    first = session.scalar(select(EmailJob).where(EmailJob.lead_id == job.lead_id, EmailJob.step_number == 1))
-    if first is None or first.status != JobStatus.SENT or not first.message_id_header:
-        return None
-    return ThreadParent(subject=first.subject or "", message_id_header=first.message_id_header)
-
-
-def _settle(job: EmailJob, status: JobStatus, reason: str, report: DispatchReport) -> None:
-    job.status = status
-    job.last_error = reason
+def _note(report: DispatchReport, status: JobStatus, reason: str) -> None:
     with report._lock:
         report.reasons[reason] += 1
         if status == JobStatus.SKIPPED:
@@ -115,7 +106,13 @@ def _settle(job: EmailJob, status: JobStatus, reason: str, report: DispatchRepor
             report.requeued += 1
 
 
-def pick_template(session: Session, job: EmailJob, cache: dict[tuple[int, int], list[Template]]) -> Template | None:
+def _settle(job: EmailJob, status: JobStatus, reason: str, report: DispatchReport) -> None:
+    job.status = status
+    job.last_error = reason
+    _note(report, status, reason)
+
+
+def pick_template(session: Session, job: JobRow, cache: dict[tuple[int, int], list[Template]]) -> Template | None:
     """The one place the template of a job is chosen: the A/B variant of its step for this lead."""
     key = (job.campaign_id, job.step_number)
     if key not in cache:
@@ -126,56 +123,115 @@ def pick_template(session: Session, job: EmailJob, cache: dict[tuple[int, int], 
 
 
 class Prepared(NamedTuple):
-    """A claimed job ready to go: its email and the template (A/B variant) it was rendered from."""
+    """A claimed job ready to go: its email, the template (A/B variant) it was rendered from, and what
+    recording its result needs, so recording reads nothing back."""
 
     job_id: int
     email: OutgoingEmail
     template_id: int
+    lead_id: int
+    campaign_id: int
+    step_number: int
 
 
-def _suppressed(session: Session, jobs: Sequence[EmailJob]) -> set[tuple[int, str]]:
+class JobRow(Protocol):
+    """One claimed job with its lead's columns, as prepare_batch reads it (a row, not ORM objects)."""
+
+    id: int
+    lead_id: int
+    campaign_id: int
+    step_number: int
+    status: LeadStatus
+    email: str
+    email_key: str
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    title: str | None
+    custom_fields: dict[str, Any] | None
+    reply_token: str
+
+
+_JOB_COLUMNS = (EmailJob.id, EmailJob.lead_id, EmailJob.campaign_id, EmailJob.step_number, Lead.status, Lead.email,
+                Lead.email_key, Lead.first_name, Lead.last_name, Lead.company, Lead.title, Lead.custom_fields,
+                Lead.reply_token)
+
+
+def _thread_parents(session: Session, jobs: Sequence[JobRow], campaigns: dict[int, Campaign]) -> dict[int, ThreadParent]:
+    """The first email each threaded follow-up of the batch answers, by lead: one query for the batch."""
+    threaded = [job.lead_id for job in jobs if job.step_number > 1 and any(
+        s.number == job.step_number and s.thread for s in campaigns[job.campaign_id].steps)]
+    if not threaded:
+        return {}
+    return {row.lead_id: ThreadParent(subject=row.subject or "", message_id_header=row.message_id_header)
+            for row in session.execute(select(EmailJob.lead_id, EmailJob.subject, EmailJob.message_id_header).where(
+                among(session, EmailJob.lead_id, threaded), EmailJob.step_number == 1,
+                EmailJob.status == JobStatus.SENT, EmailJob.message_id_header.is_not(None)))}
+
+
+def _suppressed(session: Session, jobs: Sequence[JobRow], campaigns: dict[int, Campaign]) -> set[tuple[int, str]]:
     by_owner: dict[int, list[str]] = {}
     for job in jobs:
-        by_owner.setdefault(job.lead.campaign.owner_id, []).append(job.lead.email_key)
+        by_owner.setdefault(campaigns[job.campaign_id].owner_id, []).append(job.email_key)
     return {(owner, email) for owner, emails in by_owner.items() for email in suppressed_among(session, owner, emails)}
+
+
+def _openers(session: Session, jobs: Sequence[JobRow], templates: dict[tuple[int, int], list[Template]]) -> dict[int, str]:
+    """Generated opening lines, read only when a template of the batch uses them."""
+    if not any(uses_field(t.subject + "\n" + t.body, AI_OPENER) for variants in templates.values() for t in variants):
+        return {}
+    return opener_values(session, [job.lead_id for job in jobs])
 
 
 def prepare_batch(
     session: Session, job_ids: list[int], config: SenderConfig, report: DispatchReport
-) -> list[tuple[int, OutgoingEmail]]:
+) -> list[Prepared]:
     """Re-check each claimed job against its lead, campaign and the suppression list, and compose it."""
-    prepared: list[Prepared] = []
-    # Leads and campaigns in the same query, suppressions and openers in one each: a batch costs a
-    # handful of queries, not a few per job.
-    jobs = session.scalars(select(EmailJob).options(joinedload(EmailJob.lead).joinedload(Lead.campaign))
-                           .where(EmailJob.id.in_(job_ids)).order_by(EmailJob.id)).all()
-    openers = opener_values(session, [job.lead_id for job in jobs])
-    suppressed = _suppressed(session, jobs)
+    # A batch costs a handful of queries, whatever its size: the jobs with their leads' columns as plain
+    # rows, each campaign once, and suppressions, templates, openers and thread parents in one each.
+    jobs: Sequence[JobRow] = session.execute(  # type: ignore[assignment]
+        select(*_JOB_COLUMNS).join(Lead, Lead.id == EmailJob.lead_id)
+        .where(among(session, EmailJob.id, job_ids)).order_by(EmailJob.id)).all()
+    campaigns = {c.id: c for c in session.scalars(select(Campaign).where(
+        Campaign.id.in_({job.campaign_id for job in jobs})).options(selectinload(Campaign.steps)))}
     templates: dict[tuple[int, int], list[Template]] = {}
     for job in jobs:
-        lead = job.lead
-        campaign = lead.campaign
+        pick_template(session, job, templates)
+    openers = _openers(session, jobs, templates)
+    suppressed = _suppressed(session, jobs, campaigns)
+    parents = _thread_parents(session, jobs, campaigns)
+    prepared: list[Prepared] = []
+    settled: list[dict[str, Any]] = []
+
+    def settle(job: JobRow, status: JobStatus, reason: str) -> None:
+        settled.append({"id": job.id, "status": status, "last_error": reason})
+        _note(report, status, reason)
+
+    for job in jobs:
+        campaign = campaigns[job.campaign_id]
         if campaign.status != CampaignStatus.ACTIVE:
-            _settle(job, JobStatus.PENDING, f"campaign is {campaign.status.value}", report)
+            settle(job, JobStatus.PENDING, f"campaign is {campaign.status.value}")
             continue
-        if lead.status not in SENDABLE_LEADS:
-            _settle(job, JobStatus.SKIPPED, f"lead is {lead.status.value}", report)
+        if job.status not in SENDABLE_LEADS:
+            settle(job, JobStatus.SKIPPED, f"lead is {job.status.value}")
             continue
-        if (campaign.owner_id, lead.email_key) in suppressed:
-            _settle(job, JobStatus.SKIPPED, "address is suppressed", report)
+        if (campaign.owner_id, job.email_key) in suppressed:
+            settle(job, JobStatus.SKIPPED, "address is suppressed")
             continue
         template = pick_template(session, job, templates)
         if template is None:
-            _settle(job, JobStatus.FAILED, f"no template for step {job.step_number}", report)
+            settle(job, JobStatus.FAILED, f"no template for step {job.step_number}")
             continue
-        extra = {AI_OPENER: openers[lead.id]} if lead.id in openers else {}
+        extra = {AI_OPENER: openers[job.lead_id]} if job.lead_id in openers else {}
         try:
-            email = compose_email(job, lead, campaign, template, config, _thread_parent(session, job, campaign),
+            email = compose_email(job, job, campaign, template, config, parents.get(job.lead_id),
                                   extra_values=extra)
         except MissingFieldError as error:
-            _settle(job, JobStatus.FAILED, f"template field missing: {error}", report)
+            settle(job, JobStatus.FAILED, f"template field missing: {error}")
             continue
-        prepared.append(Prepared(job.id, email, template.id))
+        prepared.append(Prepared(job.id, email, template.id, job.lead_id, job.campaign_id, job.step_number))
+    if settled:
+        session.execute(update(EmailJob), settled)
     return prepared
 
 
@@ -183,18 +239,15 @@ def record_results(
     session: Session, prepared: list[Prepared], results: list[SendResult], report: DispatchReport
 ) -> None:
     sent_at = utcnow()
-    ids = [p.job_id for p in prepared]
-    known = {row.id: row for row in session.execute(
-        select(EmailJob.id, EmailJob.lead_id, EmailJob.campaign_id, EmailJob.step_number).where(EmailJob.id.in_(ids)))}
     accepted: list[Accepted] = []
-    for (job_id, email, template_id), result in zip(prepared, results, strict=True):
+    for sent, result in zip(prepared, results, strict=True):
         if result.outcome == SendOutcome.SENT:
-            row = known[job_id]
-            accepted.append(Accepted(job_id, row.lead_id, row.campaign_id, row.step_number,
-                                     result.provider_message_id, result.message_id_header, email.subject, template_id))
+            accepted.append(Accepted(sent.job_id, sent.lead_id, sent.campaign_id, sent.step_number,
+                                     result.provider_message_id, result.message_id_header, sent.email.subject,
+                                     sent.template_id))
             continue
-        job = session.get_one(EmailJob, job_id)
-        job.template_id, job.subject = template_id, email.subject
+        job = session.get_one(EmailJob, sent.job_id)
+        job.template_id, job.subject = sent.template_id, sent.email.subject
         lead = job.lead
         _settle(job, JobStatus.FAILED, f"{result.outcome.value}: {result.error or result.error_code}", report)
         if result.outcome in (SendOutcome.INVALID_RECIPIENT, SendOutcome.INACTIVE_RECIPIENT):
@@ -208,8 +261,8 @@ def record_results(
 def _release(factory: sessionmaker[Session], job_ids: list[int], reason: str) -> None:
     with session_scope(factory) as session:
         session.execute(
-            update(EmailJob).where(EmailJob.id.in_(job_ids), EmailJob.status == JobStatus.SENDING)
-            .values(status=JobStatus.PENDING, last_error=reason)
+            update(EmailJob).where(among(session, EmailJob.id, job_ids), EmailJob.status == JobStatus.SENDING)
+            .values(status=JobStatus.PENDING, last_error=reason).execution_options(synchronize_session=False)
         )
 
 
@@ -246,6 +299,18 @@ class _Run:
         self.report = DispatchReport()
         self.stop = threading.Event()
         self.account_error: MailerAccountError | None = None
+        # Batches nothing of which was sent, handed back to PENDING once every worker has stopped: released
+        # earlier, a worker still claiming would take them again in this same failing run.
+        self.to_release: list[tuple[list[int], str]] = []
+        self._release_lock = threading.Lock()
+
+    def release_later(self, job_ids: list[int], reason: str) -> None:
+        with self._release_lock:
+            self.to_release.append((job_ids, reason))
+
+    def release_all(self) -> None:
+        for job_ids, reason in self.to_release:
+            _release(self.factory, job_ids, reason)
 
     def work(self) -> None:
         try:
@@ -255,12 +320,18 @@ class _Run:
             self.stop.set()
             raise
 
-    def _one_batch(self) -> bool:
+    def claim(self) -> list[int]:
         with session_scope(self.factory) as session:
             job_ids = claim_due_jobs(session, self.due_before, self.policy.batch_size, self.now)
-        if not job_ids:
-            return False
-        self.report.add(claimed=len(job_ids), batches=1)
+        self.report.add(claimed=len(job_ids), batches=1 if job_ids else 0)
+        return job_ids
+
+    def _one_batch(self) -> bool:
+        job_ids = self.claim()
+        return bool(job_ids) and self.send_claimed(job_ids)
+
+    def send_claimed(self, job_ids: list[int]) -> bool:
+        """Prepare, send and record one claimed batch; False once the run must stop."""
         with session_scope(self.factory) as session:
             prepared = prepare_batch(session, job_ids, self.config, self.report)
         if not prepared:
@@ -276,19 +347,65 @@ class _Run:
                 log.warning("provider may have accepted %d jobs; left SENDING for the reconciler: %s", len(ids), error)
                 return False
             # Nothing of the batch was accepted: back to PENDING for a later run.
-            _release(self.factory, ids, f"provider unavailable: {error}")
+            self.release_later(ids, f"provider unavailable: {error}")
             self.report.add(requeued=len(ids))
             log.warning("provider unavailable, %d jobs back to PENDING: %s", len(ids), error)
             return False
         except MailerAccountError as error:
             self.stop.set()
-            _release(self.factory, ids, f"provider refused the account: {error}")
+            self.release_later(ids, f"provider refused the account: {error}")
             self.account_error = self.account_error or error
             return False
         _pause_for_crash_test()
         with session_scope(self.factory) as session:
             record_results(session, prepared, results, self.report)
         return True
+
+
+STOPPED_BEFORE_SENDING = "the run stopped before this batch was sent"
+
+
+def _run_workers(run: _Run) -> None:
+    """One claimer and `policy.concurrency` senders: the claimer takes batch after batch (so our own threads
+    never queue on the campaign lock the claim holds), senders prepare, send and record them, so one's
+    database work overlaps another's HTTP call. Claimed batches wait in a short queue, already SENDING."""
+    # SQLite has one writer at a time: parallel claims would only race on the daily budget.
+    on_sqlite = run.factory.kw["bind"].dialect.name == "sqlite"
+    if run.policy.concurrency <= 1 or on_sqlite:
+        run.work()
+        return
+    claimed: queue.Queue[list[int] | None] = queue.Queue(maxsize=run.policy.concurrency)
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        while (job_ids := claimed.get()) is not None:
+            if run.stop.is_set():  # never sent: straight back to PENDING once the run is over
+                run.release_later(job_ids, STOPPED_BEFORE_SENDING)
+                run.report.add(requeued=len(job_ids))
+                continue
+            try:
+                if not run.send_claimed(job_ids):
+                    run.stop.set()
+            except BaseException as error:  # surfaced after every sender has stopped
+                run.stop.set()
+                errors.append(error)
+
+    threads = [threading.Thread(target=sender, name=f"sender-{n}") for n in range(run.policy.concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        while not run.stop.is_set() and (job_ids := run.claim()):
+            claimed.put(job_ids)
+    except BaseException as error:
+        run.stop.set()
+        errors.append(error)
+    finally:
+        for _ in threads:
+            claimed.put(None)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 def dispatch_due(
@@ -311,26 +428,10 @@ def dispatch_due(
     run.report.add(reconciled_sent=settled.found_sent, reconciled_requeued=settled.requeued)
     with session_scope(factory) as session:
         run.report.add(deferred=defer_closed_windows(session, due_before, now))
-    # SQLite has one writer at a time: parallel claims would only race on the daily budget.
-    on_sqlite = factory.kw["bind"].dialect.name == "sqlite"
-    if policy.concurrency <= 1 or on_sqlite:
-        run.work()
-    else:
-        errors: list[BaseException] = []
-
-        def worker() -> None:
-            try:
-                run.work()
-            except BaseException as error:  # surfaced after every worker has stopped
-                errors.append(error)
-
-        threads = [threading.Thread(target=worker, name=f"sender-{n}") for n in range(policy.concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+    try:
+        _run_workers(run)
+    finally:
+        run.release_all()
     if run.account_error is not None:
         raise run.account_error
     with session_scope(factory) as session:

@@ -7,10 +7,9 @@ three is mapped here, once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
-
-import threading
 
 import requests
 from postmarker.core import PostmarkClient
@@ -61,7 +60,9 @@ class PostmarkMailer:
         if not messages:
             return []
         try:
-            answers = self.client.emails.send_batch(*(self._as_postmark(m) for m in messages))
+            # Already in Postmark's wire shape, so the batch goes through postmarker's plain call (its error
+            # handling included) without building a model object per message first.
+            answers = self.client.call("POST", "/email/batch", data=[self._as_postmark(m) for m in messages])
         except ClientError as error:
             if _is_passing(_http_status(error), error.error_code):
                 raise MailerUnavailableError(str(error)) from error
@@ -100,13 +101,13 @@ class PostmarkMailer:
             "TextBody": message.text_body,
             "HtmlBody": message.html_body,
             "ReplyTo": message.reply_to,
-            "Headers": dict(message.headers),
+            "Headers": [{"Name": name, "Value": value} for name, value in message.headers.items()],
             "Metadata": dict(message.metadata),
             "Tag": message.tag,
             "MessageStream": self.message_stream,
             "TrackOpens": False,
         }
-        return {key: value for key, value in fields.items() if value not in (None, {}, "")}
+        return {key: value for key, value in fields.items() if value not in (None, {}, [], "")}
 
     @staticmethod
     def _result(answer: dict[str, Any]) -> SendResult:

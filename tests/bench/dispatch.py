@@ -1,7 +1,7 @@
 """Benchmark: 100,000 due jobs in PostgreSQL dispatched through the real `postmarker` client to the fake Postmark.
 
-    .venv/bin/python tests/bench/dispatch.py [--jobs 100000] [--latency 0 0.1] [--concurrency 1 8]
-                                             [--launch-leads 1000000] [--server-url postgresql://...]
+    .venv/bin/python tests/bench/dispatch.py [--jobs 100000] [--latency 0 0.1] [--concurrency 4 8]
+                                             [--server-url postgresql://...]
 
 For each latency (seconds the fake sleeps per request) it measures, in the same run:
 
@@ -10,9 +10,8 @@ For each latency (seconds the fake sleeps per request) it measures, in the same 
 - ours: `dispatch_due` from a fresh set of due jobs (claim, compose, send, record; nothing skipped).
 
 It prints emails/s for both, `ratio_vs_ceiling=` (targets: >= 0.5 with no latency, >= 0.8 with 100 ms)
-and `duplicates=` at the fake (must be 0). Then it times launching a campaign of `--launch-leads` leads
-(`launch_campaign`: pre-flight + the first jobs) against a bare `INSERT ... SELECT` of the same rows
-(`ratio_vs_bare_insert=`, target <= 1.2). The fake runs in its own process, as a real endpoint would.
+and `duplicates=` at the fake (must be 0). The fake runs in its own process, as a real endpoint would.
+Launch speed has its own benchmark, tests/bench/launch.py.
 Not collected by pytest (the file name does not start with test_).
 """
 
@@ -43,7 +42,7 @@ from outreach_pipeline.core.compose import SenderConfig  # noqa: E402
 from outreach_pipeline.core.delivery import SendPolicy, dispatch_due  # noqa: E402
 from outreach_pipeline.core.templates import TemplateInput, save_template  # noqa: E402
 from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
-from outreach_pipeline.db.models import Campaign, User  # noqa: E402
+from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
 from tests.bench.remote_fake import RemoteFake  # noqa: E402
@@ -156,44 +155,13 @@ def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> float:
     return jobs / seconds
 
 
-def launch_vs_bare_insert(url: str, leads: int) -> tuple[float, float]:
-    sessions = make_session_factory(create_db_engine(url))
-    with session_scope(sessions) as session:
-        user = User(email=f"launch-{secrets.token_hex(4)}@example.com")
-        session.add(user)
-        session.flush()
-        campaign = create_campaign(session, user.id, CampaignCreate(name="Launch", sender_email="a@b.example"))
-        _insert_leads(session, campaign.id, leads)
-        save_template(session, campaign, TemplateInput(step_number=1, subject="Hi", body="Hi {{first_name|there}}"))
-        campaign_id = campaign.id
-    with session_scope(sessions) as session:
-        session.execute(text("ANALYZE leads"))
-    # The floor: the same rows, one bare INSERT ... SELECT into the same table, then removed again.
-    with session_scope(sessions) as session:
-        started = time.perf_counter()
-        session.execute(text(
-            "INSERT INTO email_jobs (campaign_id, lead_id, step_number, due_at, status, attempts, created_at) "
-            "SELECT :c, id, 1, now(), 'PENDING', 0, now() FROM leads WHERE campaign_id = :c"), {"c": campaign_id})
-        session.commit()
-        bare = time.perf_counter() - started
-        session.execute(text("DELETE FROM email_jobs WHERE campaign_id = :c"), {"c": campaign_id})
-    with session_scope(sessions) as session:
-        started = time.perf_counter()
-        queued = launch_campaign(session, session.get_one(Campaign, campaign_id))
-        session.commit()
-        ours = time.perf_counter() - started
-    assert queued == leads, queued
-    sessions.kw["bind"].dispose()
-    return bare, ours
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 0.1])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
-                        help="batches in flight, one per latency (default: 1 with none, 8 with 100 ms)")
-    parser.add_argument("--launch-leads", type=int, default=1_000_000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8],
+                        help="batches in flight, one per latency (default: 4, the send resource's default, with "
+                             "none; 8 with 100 ms)")
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
@@ -221,20 +189,6 @@ def main() -> None:
                   f"duplicates={counted['duplicates']}")
     finally:
         fake.stop()
-
-    if args.launch_leads:
-        name = f"outreach_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(args.server_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = make_url(args.server_url).set(database=name).render_as_string(hide_password=False)
-        try:
-            upgrade_database(url)
-            bare, ours = launch_vs_bare_insert(url, args.launch_leads)
-        finally:
-            with psycopg.connect(args.server_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        print(f"launch_leads={args.launch_leads} bare_insert_select_s={bare:.2f} launch_s={ours:.2f} "
-              f"ratio_vs_bare_insert={ours / bare:.2f}")
 
 
 if __name__ == "__main__":
