@@ -52,7 +52,7 @@ def seed_campaign(sessions: sessionmaker[Session], leads: int, *, owner_email: s
             session.add(owner)
             session.flush()
         campaign = create_campaign(session, owner.id, CampaignCreate(
-            name="Bulk", sender_name="Ada", sender_email="ada@sender.example",
+            name="Bulk", sender_name="Ada", sender_email=settings.pop("sender_email", "ada@sender.example"),
             steps=settings.pop("steps", [StepSpec()]), **settings))
         session.execute(insert(Lead), [
             {"campaign_id": campaign.id, "email": f"lead{n}@c{campaign.id}.example",

@@ -3,6 +3,8 @@ resume; and how each Postmark answer is handled. Real databases, real postmarker
 
 from __future__ import annotations
 
+from collections import Counter
+
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
 from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import schedule_first_jobs
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, Suppression
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, SenderPacing, Suppression
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.message import MailerAccountError
 from outreach_pipeline.mail.postmark import PostmarkMailer
@@ -129,18 +131,25 @@ def test_follow_ups_go_before_first_emails_when_the_cap_is_tight(
                if step == 1 and status == JobStatus.PENDING) == 3
 
 
-def test_a_random_gap_spreads_one_campaigns_sends(sessions: sessionmaker[Session], fake_postmark: FakePostmark) -> None:
-    seeded = seed_campaign(sessions, 3, )
+def test_a_random_gap_spaces_one_sender_address_across_its_campaigns(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    # Two campaigns send from ada@sender.example, a third from another address.
+    seeded = [seed_campaign(sessions, 3), seed_campaign(sessions, 3),
+              seed_campaign(sessions, 3, sender_email="bo@other.example")]
     with session_scope(sessions) as session:
-        session.get_one(Campaign, seeded.campaign_id).send_gap_seconds = 600
+        for campaign in seeded:
+            session.get_one(Campaign, campaign.campaign_id).send_gap_seconds = 600
     now = datetime.now(UTC)
 
-    assert send(sessions, fake_postmark, now).sent == 1
+    assert send(sessions, fake_postmark, now).sent == 2  # one per address, not one per campaign
     assert send(sessions, fake_postmark, now + timedelta(minutes=9)).sent == 0  # the gap is 10 to 20 minutes
     with session_scope(sessions) as session:
-        next_send = session.get_one(Campaign, seeded.campaign_id).next_send_at
+        next_send = session.get_one(SenderPacing, "ada@sender.example").next_send_at
     assert next_send is not None and now + timedelta(minutes=10) <= next_send <= now + timedelta(minutes=20)
-    assert send(sessions, fake_postmark, now + timedelta(minutes=21)).sent == 1
+    assert send(sessions, fake_postmark, now + timedelta(minutes=21)).sent == 2
+    senders = Counter(m["From"].rpartition("<")[2].rstrip(">") for m in fake_postmark.messages)
+    assert senders == {"ada@sender.example": 2, "bo@other.example": 2}
 
 
 # --- pause and resume ----------------------------------------------------------------------------

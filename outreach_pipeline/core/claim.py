@@ -16,8 +16,8 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.schedule_window import SendingWindow, local_day_start, next_opening, zone_or_utc
-from outreach_pipeline.db.dialect import is_postgresql
-from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit
+from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
+from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit, SenderPacing
 
 _ALWAYS_OPEN = and_(Campaign.window_start_hour == 0, Campaign.window_end_hour >= 24,
                     Campaign.send_days == "0123456")
@@ -78,11 +78,19 @@ def remaining_today(session: Session, campaign: Campaign, now: datetime) -> int:
 def _lock(session: Session, campaign: Campaign) -> None:
     # Serialises budget arithmetic per campaign and per sender address across concurrent senders.
     if is_postgresql(session):
-        # populate_existing: read next_send_at as it is once the lock is ours, not as first loaded.
-        session.execute(select(Campaign).where(Campaign.id == campaign.id).with_for_update()
-                        .execution_options(populate_existing=True))
+        session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
         sender = (campaign.sender_email or "").lower()
         session.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
+
+
+def _sender_pacing(session: Session, campaign: Campaign) -> SenderPacing:
+    """The sender address's pacing row, made on first use; locked for this claim on PostgreSQL, so two
+    campaigns sending from one address never both take its next slot."""
+    key = (campaign.sender_email or "").lower() or f"campaign:{campaign.id}"
+    session.execute(insert_ignoring_conflicts(session, SenderPacing, ["email"]), [{"email": key}])
+    # populate_existing: read next_send_at as it is once the lock is ours, not as first loaded.
+    query = select(SenderPacing).where(SenderPacing.email == key).execution_options(populate_existing=True)
+    return session.scalars(query.with_for_update() if is_postgresql(session) else query).one()
 
 
 def _claim_step(session: Session, campaign_id: int, due_before: datetime, now: datetime, follow_ups: bool,
@@ -109,17 +117,18 @@ def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetim
     """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first."""
     _lock(session, campaign)
     budget = min(limit, remaining_today(session, campaign, now))
-    if campaign.send_gap_seconds > 0:
-        if campaign.next_send_at is not None and campaign.next_send_at > now:
+    pacing = _sender_pacing(session, campaign) if campaign.send_gap_seconds > 0 else None
+    if pacing is not None:
+        if pacing.next_send_at is not None and pacing.next_send_at > now:
             return []
-        budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the next
+        budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the address's next
     if budget <= 0:
         return []
     claimed = _claim_step(session, campaign.id, due_before, now, True, budget)
     if len(claimed) < budget:
         claimed += _claim_step(session, campaign.id, due_before, now, False, budget - len(claimed))
-    if claimed and campaign.send_gap_seconds > 0:
-        campaign.next_send_at = now + timedelta(seconds=campaign.send_gap_seconds * (1 + random.random()))
+    if claimed and pacing is not None:
+        pacing.next_send_at = now + timedelta(seconds=campaign.send_gap_seconds * (1 + random.random()))
     return sorted(claimed)
 
 

@@ -85,14 +85,13 @@ class Campaign(Base):
     window_end_hour: Mapped[int] = mapped_column(default=24)
     send_days: Mapped[str] = mapped_column(String(7), default="0123456")  # Monday=0
     daily_cap: Mapped[int] = mapped_column(default=500)
-    # Seconds between two sends of this campaign, drawn at random in [gap, 2*gap]; 0 sends back to back.
+    # Seconds between two sends from this campaign's sender address (whichever campaign sends), drawn at
+    # random in [gap, 2*gap]; 0 sends back to back. The pacing state is per address: SenderPacing.
     send_gap_seconds: Mapped[int] = mapped_column(default=0)
     # Printed under every email when set (CAN-SPAM asks for a postal address).
     postal_address: Mapped[str | None] = mapped_column(Text)
     # Why the campaign paused itself (hard-bounce rate), shown in its stats; None when paused by a person.
     paused_reason: Mapped[str | None] = mapped_column(Text)
-    # The earliest moment the next send of this campaign may go (send_gap_seconds).
-    next_send_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     launched_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -298,6 +297,16 @@ class SenderLimit(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
     daily_cap: Mapped[int]
+
+
+class SenderPacing(Base):
+    """When a sender address may send next: the random gap (Campaign.send_gap_seconds) spaces the emails of
+    one address across all the campaigns that send from it, as a mailbox provider sees them."""
+
+    __tablename__ = "sender_pacing"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    next_send_at: Mapped[datetime | None]
 
 
 class WebhookEvent(Base):
