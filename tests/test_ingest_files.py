@@ -236,6 +236,21 @@ def test_quoted_fields_spanning_lines_keep_the_original_line_numbers(door: Door)
     assert leads["mia.rossi@portovenezia.it"]["custom_fields"]["notes"] == 'Said: "call in Q3"'
 
 
+def test_classic_mac_line_endings_are_lines_too(door: Door) -> None:
+    # "CSV (Macintosh)" from Excel ends lines with a bare CR; a quoted note spans two of them.
+    data = (b'Email,First Name,Notes\r'
+            b'ann@one.example,Ann,"met at\rthe fair"\r'
+            b'not-an-address,Bo,\r'
+            b'cy@three.example,Cy,\r')
+    cid = door.campaign()
+
+    outcome = door.send(cid, _name("mac"), data)
+
+    assert outcome.counts["stored"] == 2
+    assert outcome.rejects == [["line", "email", "reason"], ["4", "not-an-address", "invalid email"]]
+    assert door.leads(cid)["ann@one.example"]["custom_fields"] == {"notes": "met at\rthe fair"}
+
+
 def test_every_row_is_stored_or_rejected_with_its_reason(door: Door) -> None:
     cid = door.campaign()
     existing = door.client.post(f"/api/campaigns/{cid}/leads", headers=door.headers,

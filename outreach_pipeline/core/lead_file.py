@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
+import gc
+import operator
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, compress, islice
 from typing import BinaryIO
+
+import numpy as np
 
 from outreach_pipeline.core.errors import InvalidInputError
 
 SNIFF_BYTES = 64 * 1024
 SCAN_BLOCK_BYTES = 1024 * 1024
+READ_BYTES = 8192  # io.TextIOWrapper's chunk: decoding the same chunks makes the same error messages
+TEXT_BLOCK_CHARS = 1024 * 1024  # text is split into lines a block at a time, in C
 MAX_LINE_CHARS = 1_000_000  # no lead row is a megabyte long; such a line means "not a lead file"
 MAX_FIELD_CHARS = 100_000  # also stops an unclosed quote from swallowing the rest of the file
 DELIMITERS = (",", ";", "\t", "|")
@@ -28,6 +36,11 @@ BINARY_MIN_CONTROLS = 8  # a stray bell character in a short list is a bad cell,
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # Bytes that cp1252 leaves undefined: a file with them is Latin-1 (ISO-8859-1), not cp1252.
 _UNDEFINED_IN_CP1252 = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
+
+# str.splitlines also breaks lines at these; universal newlines (and so the original line numbers) do not.
+_OTHER_LINE_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # the slow, exact split for text holding one of them
+_NEXT_LINE = partial(operator.add, 1)
 
 csv.field_size_limit(MAX_FIELD_CHARS)
 
@@ -111,18 +124,66 @@ def detect_encoding(stream: BinaryIO) -> str:
     return _single_byte_encoding(stream)
 
 
-# --- lines, delimiter and records ------------------------------------------------------------------
+# --- text and lines --------------------------------------------------------------------------------
 
 
-def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
-    number = 0
-    while line := text.readline(MAX_LINE_CHARS + 1):
-        number += 1
-        if len(line) > MAX_LINE_CHARS:
-            raise InvalidInputError(
-                f"Line {number} is longer than {MAX_LINE_CHARS:,} characters: this is not a lead file."
-            )
-        yield line
+def _text_blocks(stream: BinaryIO, encoding: str) -> Iterator[str]:
+    """The file's text in blocks of about TEXT_BLOCK_CHARS, decoded in the same byte chunks as io.TextIOWrapper,
+    so that a decoding error names the same position, and comes after the text before it."""
+    read = getattr(stream, "read1", stream.read)
+    decode = codecs.getincrementaldecoder(encoding)().decode
+    parts: list[str] = []
+    size = 0
+    while True:
+        data = read(READ_BYTES)
+        try:
+            text = decode(data, final=not data)
+        except UnicodeDecodeError:
+            yield "".join(parts)  # the lines before the bad bytes are parsed first, as when reading line by line
+            raise
+        parts.append(text)
+        size += len(text)
+        if not data:
+            break
+        if size >= TEXT_BLOCK_CHARS:
+            yield "".join(parts)
+            parts, size = [], 0
+    yield "".join(parts)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines with their endings, split where universal newlines split (\\r\\n, \\r, \\n) and nowhere else."""
+    if any(other in text for other in _OTHER_LINE_BREAKS):
+        return _LINE.findall(text)
+    return text.splitlines(keepends=True)  # C speed, and exact when no other line break is in the text
+
+
+def _too_long(number: int) -> InvalidInputError:
+    return InvalidInputError(f"Line {number} is longer than {MAX_LINE_CHARS:,} characters: this is not a lead file.")
+
+
+def _bounded_line_blocks(blocks: Iterator[str]) -> Iterator[list[str]]:
+    """The lines of the text, a list per block; fails at the first line longer than MAX_LINE_CHARS, after the
+    lines before it, and without holding more than a block beyond that limit."""
+    before = 0  # lines in earlier blocks
+    carry = ""  # the last line of the previous block, which may continue in this one
+    for block in blocks:
+        lines = _split_lines(carry + block)
+        # A last line without "\n" may go on in the next block (a "\r" may be the first half of "\r\n").
+        carry = lines.pop() if lines and not lines[-1].endswith("\n") else ""
+        if max(map(len, lines), default=0) > MAX_LINE_CHARS:
+            first = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_CHARS)
+            yield lines[:first]
+            raise _too_long(before + first + 1)
+        yield lines
+        before += len(lines)
+        if len(carry) > MAX_LINE_CHARS:
+            raise _too_long(before + 1)
+    if carry:
+        yield [carry]
+
+
+# --- delimiter and records -------------------------------------------------------------------------
 
 
 def sniff_delimiter(header_line: str) -> str:
@@ -137,41 +198,99 @@ def _is_blank(record: list[str]) -> bool:
     return not any(cell.strip() for cell in record)
 
 
-def _chunks(reader: csv.Reader, width: int, chunk_rows: int, after_header: int) -> Iterator[RecordChunk]:
-    chunk = RecordChunk()
-    previous_end = after_header  # line_num counts physical lines consumed so far
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a chunk of records is parsed and turned into columns.
+
+    Each record is a new list, so the collector would run every few hundred records and walk all the live
+    ones and their cells again and again: that nearly doubles the cost of parsing. Records hold no reference
+    cycles and are freed (by reference counting) once their chunk is in columns, so with the collector paused
+    until then it never walks them. The switch is process-wide: it is held for one chunk at a time and turned
+    back on only if it was on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        for record in reader:
-            start, previous_end = previous_end + 1, reader.line_num
-            if len(record) == width:
-                chunk.rows.append(record)
-                chunk.lines.append(start)
-            elif _is_blank(record):
-                continue  # blank lines and rows of empty cells are layout, not leads
-            elif len(record) < width:
-                chunk.rows.append(record + [""] * (width - len(record)))
-                chunk.lines.append(start)
-            elif _is_blank(record[width:]):
-                chunk.rows.append(record[:width])  # trailing empty columns that spreadsheets add
-                chunk.lines.append(start)
-            else:
-                chunk.too_wide.append((start, record))
-            if len(chunk) >= chunk_rows:
-                yield chunk
-                chunk = RecordChunk()
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_records(reader: csv.Reader, count: int, records: list[list[str]], ends: list[int]) -> None:
+    """Up to `count` records, each with the physical line where it ends (a quoted field may span lines)."""
+    add_record, add_end = records.append, ends.append
+    for record in islice(reader, count):
+        add_record(record)
+        add_end(reader.line_num)
+
+
+def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int], width: int) -> None:
+    """Add records to the chunk as rows of the header's width; only records of another width cost Python work."""
+    sizes = np.fromiter(map(len, records), dtype=np.intp, count=len(records))
+    odd = np.flatnonzero(sizes != width).tolist()
+    if not odd:
+        chunk.rows += records
+        chunk.lines += starts
+        return
+    keep = [True] * len(records)
+    for i in odd:
+        record = records[i]
+        if _is_blank(record):
+            keep[i] = False  # blank lines and rows of empty cells are layout, not leads
+        elif len(record) < width:
+            records[i] = record + [""] * (width - len(record))
+        elif _is_blank(record[width:]):
+            records[i] = record[:width]  # trailing empty columns that spreadsheets add
+        else:
+            keep[i] = False
+            chunk.too_wide.append((starts[i], record))
+    chunk.rows += compress(records, keep)
+    chunk.lines += compress(starts, keep)
+
+
+def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, previous_end: int) -> tuple[int, bool]:
+    """Read records into the chunk until it holds `chunk_rows` (blank ones do not count) or the file ends.
+
+    Returns the line where the last record read ended, and whether the file has ended. The records are
+    read in batches whose lists die with this call: only the chunk keeps the records alive.
+    """
+    ends: list[int] = []
+    try:
+        while len(chunk) < chunk_rows:
+            wanted = chunk_rows - len(chunk)
+            records: list[list[str]] = []
+            ends = []
+            _read_records(reader, wanted, records, ends)
+            if records:
+                # A record starts on the line after the one where the previous record (even a blank one) ended.
+                _sort_records(chunk, records, [previous_end + 1, *map(_NEXT_LINE, ends[:-1])], width)
+                previous_end = ends[-1]
+            if len(records) < wanted:
+                return previous_end, True
     except csv.Error as error:
-        raise InvalidInputError(f"Line {previous_end + 1} could not be read as CSV: {error}.") from error
-    except UnicodeDecodeError as error:
-        raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
-    if len(chunk):
-        yield chunk
+        last_end = ends[-1] if ends else previous_end
+        raise InvalidInputError(f"Line {last_end + 1} could not be read as CSV: {error}.") from error
+    return previous_end, False
+
+
+def _chunks(reader: csv.Reader, width: int, chunk_rows: int, after_header: int) -> Iterator[RecordChunk]:
+    previous_end, ended = after_header, False  # line_num counts physical lines consumed so far
+    while not ended:
+        chunk = RecordChunk()
+        try:
+            previous_end, ended = _fill(chunk, reader, width, chunk_rows, previous_end)
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
+        if len(chunk):
+            yield chunk
 
 
 def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
     """Detect the format and read the header; raises InvalidInputError for what is not a CSV of rows."""
     encoding = detect_encoding(stream)
-    text = io.TextIOWrapper(stream, encoding=encoding, newline="")
-    lines = _bounded_lines(text)
+    # Lines come from lists in C (chain), not from a Python generator per line: the csv module pulls them fast.
+    lines = chain.from_iterable(_bounded_line_blocks(_text_blocks(stream, encoding)))
     try:
         skipped = 0
         for line in lines:
@@ -184,15 +303,10 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
         raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
     delimiter = sniff_delimiter(line)
     # The header line is read again through the csv module so quoted header cells parse the same way.
-    reader = csv.reader(_prepend(line, lines), delimiter=delimiter)
+    reader = csv.reader(chain((line,), lines), delimiter=delimiter)
     headers = next(reader)
     while headers and not headers[-1].strip():
         headers.pop()  # trailing empty header cells
     header_end = skipped + reader.line_num
     return LeadFile(encoding, delimiter, [h.strip() for h in headers],
                     _chunks(reader, len(headers), chunk_rows, header_end))
-
-
-def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest

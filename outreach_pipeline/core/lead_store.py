@@ -198,7 +198,7 @@ class PostgresLeadStore:
         reasons |= dict.fromkeys(self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id), SUPPRESSED)
         return reasons
 
-    def _csv(self, rows: pd.DataFrame) -> bytes:
+    def _csv(self, rows: pd.DataFrame) -> memoryview:
         n = len(rows)
         columns = {
             "campaign_id": pa.repeat(pa.scalar(self.target.campaign_id, pa.int64()), n),
@@ -215,7 +215,7 @@ class PostgresLeadStore:
         buffer = io.BytesIO()
         # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
         pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-        return buffer.getvalue()
+        return buffer.getbuffer()
 
     def store(self, rows: pd.DataFrame) -> StoreResult:
         reasons = self._refused(rows) if len(rows) else {}
