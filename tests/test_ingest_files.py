@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pandera.pandas as pa
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test, materialize
 from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from outreach_pipeline.assets.leads import lead_file_import
+from outreach_pipeline.core.lead_schema import SchemaCheckError, failure_reasons
 from outreach_pipeline.core.leads import NO_EMAIL_COLUMN
 from outreach_pipeline.core.rejects import spreadsheet_safe
 from outreach_pipeline.db.models import ImportStatus, Lead, LeadImport, Suppression
@@ -327,3 +330,14 @@ def test_a_file_that_is_not_a_lead_list_fails_the_import_and_leaves_nothing_behi
     # No rejects report, not even a scratch file.
     for folder in (door.settings.data_dir / "imports", Path(door.settings.leads_bucket) / str(cid) / "rejected"):
         assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_a_schema_check_that_breaks_fails_loudly_instead_of_passing_every_row() -> None:
+    # pandera reports a check that raised as a failure of no row; counting it as "no failures" would let
+    # every row through unchecked.
+    schema = pa.DataFrameSchema({"email": pa.Column(str, pa.Check(lambda values: 1 / 0, error="broken"))})
+    with pytest.raises(pa.errors.SchemaErrors) as errors:
+        schema.validate(pd.DataFrame({"email": ["ann@one.example"]}), lazy=True)
+
+    with pytest.raises(SchemaCheckError, match="broken"):
+        failure_reasons(errors.value.failure_cases)

@@ -154,12 +154,19 @@ LEAD_ROW_FRAME_SCHEMA = LEAD_ROW_SCHEMA.update_columns(
 )
 
 
+class SchemaCheckError(RuntimeError):
+    """The schema failed as a whole (a check raised): a defect to fix, never a verdict on the rows."""
+
+
 def failure_reasons(failure_cases: pd.DataFrame) -> dict[int, str]:
     """First failure reason per row index, from pandera's lazy-validation report."""
     reasons: dict[int, str] = {}
     for row in failure_cases.itertuples(index=False):
         if row.index is None or pd.isna(row.index):
-            continue
+            # Not a row's fault: a check that raised, or a column of the wrong type. pandera reports these
+            # without a row, so skipping them would let every row through unchecked.
+            raise SchemaCheckError(f"the lead schema could not check the rows: {row.check} on "
+                                   f"{row.column}: {row.failure_case}")
         check = str(row.check)
         reason = "missing email" if check == "not_nullable" else check
         reasons.setdefault(int(row.index), reason)
