@@ -77,6 +77,18 @@ def custom_columns(rows: pd.DataFrame) -> list[str]:
     return [c for c in rows.columns if c not in STANDARD_FIELDS and c != "email_key"]
 
 
+def split_refused(rows: pd.DataFrame, existing: set[str], suppressed: set[str]
+                  ) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
+    """The rows that may land, and the others as (line, email, reason). Suppression wins over a duplicate:
+    the address must never be mailed, whichever campaign holds it."""
+    refused = [
+        (int(line), email, SUPPRESSED if key in suppressed else ALREADY_IN_CAMPAIGN)
+        for line, email, key in zip(rows.index, rows["email"], rows["email_key"], strict=True)
+        if key in existing or key in suppressed
+    ]
+    return (rows[~rows["email_key"].isin(existing | suppressed)] if refused else rows), refused
+
+
 # --- SQLite (and any database): look up, then executemany -------------------------------------------------
 
 
@@ -100,12 +112,7 @@ class PortableLeadStore:
         keys = list(rows["email_key"])
         existing = self._found(Lead.email_key, Lead.campaign_id == self.target.campaign_id, keys)
         suppressed = self._found(Suppression.email, Suppression.owner_id == self.target.owner_id, keys)
-        refused = [  # suppression first: the address must never be mailed, whichever campaign holds it
-            (int(line), email, SUPPRESSED if key in suppressed else ALREADY_IN_CAMPAIGN)
-            for line, email, key in zip(rows.index, rows["email"], rows["email_key"], strict=True)
-            if key in existing or key in suppressed
-        ]
-        fresh = rows[~rows["email_key"].isin(existing | suppressed)]
+        fresh, refused = split_refused(rows, existing, suppressed)
         landed = self._insert(fresh)
         # RETURNING tells what really landed: a concurrent import may have stored some addresses first.
         refused += [(int(line), email, ALREADY_IN_CAMPAIGN)
@@ -139,8 +146,8 @@ class PortableLeadStore:
 # --- PostgreSQL: look up the chunk's addresses, then COPY the rest straight into leads -------------------
 
 
-_LEAD_COLUMNS = ("campaign_id", "email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"],
-                 "custom_fields", "status", "reply_token", "import_id", "created_at")
+_TEXT_COLUMNS = ("email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"])
+_LEAD_COLUMNS = ("campaign_id", *_TEXT_COLUMNS, "custom_fields", "status", "reply_token", "import_id", "created_at")
 # What JSON must escape in a string that passed the schema (no control characters but tab and line breaks).
 _JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
@@ -186,24 +193,22 @@ class PostgresLeadStore:
     def _found(self, statement: TextClause, keys: str, **params: Any) -> set[str]:
         return set(self.session.scalars(statement, {**params, "keys": keys}))
 
-    def _refused(self, rows: pd.DataFrame) -> dict[str, str]:
-        """Reason by address for the chunk's rows that must not land; suppression wins over a duplicate."""
+    def _looked_up(self, rows: pd.DataFrame) -> tuple[set[str], set[str]]:
+        """The chunk's addresses already in the campaign, and those the owner suppressed."""
+        if rows.empty:
+            return set(), set()
         # One text parameter split by the server: a list would be adapted element by element in Python.
         # Addresses hold no line break (the schema refuses control characters).
         keys = "\n".join(rows["email_key"].tolist())
-        reasons: dict[str, str] = {}
-        if self.campaign_had_leads:
-            reasons |= dict.fromkeys(self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id),
-                                     ALREADY_IN_CAMPAIGN)
-        reasons |= dict.fromkeys(self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id), SUPPRESSED)
-        return reasons
+        existing = (self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id)
+                    if self.campaign_had_leads else set())
+        return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
 
     def _csv(self, rows: pd.DataFrame) -> memoryview:
         n = len(rows)
         columns = {
             "campaign_id": pa.repeat(pa.scalar(self.target.campaign_id, pa.int64()), n),
-            **{f: pa.array(rows[f], pa.large_string()) for f in ("email", "email_key")},
-            **{f: pa.array(rows[f], pa.large_string()) for f in STANDARD_FIELDS if f != "email"},
+            **{f: pa.array(rows[f], pa.large_string()) for f in _TEXT_COLUMNS},
             "custom_fields": custom_fields_json(rows, custom_columns(rows)),
             "status": pa.repeat(pa.scalar(LeadStatus.PENDING.value), n),
             # Made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY itself.
@@ -218,17 +223,13 @@ class PostgresLeadStore:
         return buffer.getbuffer()
 
     def store(self, rows: pd.DataFrame) -> StoreResult:
-        reasons = self._refused(rows) if len(rows) else {}
-        landing = rows[~rows["email_key"].isin(list(reasons))] if reasons else rows
+        landing, refused = split_refused(rows, *self._looked_up(rows))
         if len(landing):
             driver = self.session.connection().connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
                 f"COPY leads ({', '.join(_LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
             ) as copy:
                 copy.write(self._csv(landing))
-        refused = [(int(line), email, reasons[key])
-                   for line, email, key in zip(rows.index, rows["email"], rows["email_key"], strict=True)
-                   if key in reasons]
         return StoreResult(len(landing), refused)
 
 
