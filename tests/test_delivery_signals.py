@@ -22,7 +22,7 @@ from outreach_pipeline.core.campaigns import (
     pause_campaign,
     resume_campaign,
 )
-from outreach_pipeline.core.events import handle_postmark_event
+from outreach_pipeline.core.events import EventResult, handle_postmark_event, handle_postmark_events
 from outreach_pipeline.core.suppression import is_suppressed
 from outreach_pipeline.db.models import (
     Campaign,
@@ -32,7 +32,9 @@ from outreach_pipeline.db.models import (
     JobStatus,
     Lead,
     LeadStatus,
+    Suppression,
     Template,
+    WebhookEvent,
 )
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.resources import resources_from_settings
@@ -133,6 +135,78 @@ def test_delivery_open_and_click_are_recorded_against_the_job(
     with session_scope(sessions) as session:
         job = session.get_one(EmailJob, job_id)
         assert None not in (job.delivered_at, job.opened_at, job.clicked_at)
+
+
+def _state(session: Session) -> dict[str, Any]:
+    """What events change, without the ids and clock readings that differ between two runs."""
+    return {
+        "events": sorted(session.execute(select(
+            WebhookEvent.record_type, WebhookEvent.provider_id, WebhookEvent.job_id, WebhookEvent.lead_id,
+            WebhookEvent.outcome)).tuples().all()),
+        "jobs": session.execute(select(
+            EmailJob.id, EmailJob.status, EmailJob.due_at, EmailJob.delivered_at.is_not(None),
+            EmailJob.opened_at.is_not(None), EmailJob.clicked_at.is_not(None)).order_by(EmailJob.id)).tuples().all(),
+        "leads": session.execute(select(Lead.id, Lead.status).order_by(Lead.id)).tuples().all(),
+        "suppressed": sorted(session.execute(select(Suppression.owner_id, Suppression.email, Suppression.reason))
+                             .tuples().all()),
+    }
+
+
+def test_a_batch_of_events_ends_exactly_as_the_same_events_one_by_one(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    """The webhook writer hands whole batches to `handle_postmark_events`: deliveries, opens and clicks share
+    their statements, the rest go one by one. Same results and same database as handling them singly."""
+    (a, job_a, msg_a), (b, _, msg_b), (c, job_c, msg_c), (d, _, msg_d) = _sent(sessions, fake_postmark, 4)
+    earlier = _payload("delivery", MessageID=msg_d)
+    _event(sessions, "delivery", msg_d, 0)  # stored before the batch: a replay in it
+    opened = {**_payload("open"), "MessageID": msg_a}
+    batch = [
+        (_payload("delivery", MessageID=msg_a), "Delivery"),
+        (_payload("delivery", MessageID=msg_a), "Delivery"),  # the same event twice in one batch
+        ({**opened, "ReceivedAt": "2026-11-24T10:00:00Z"}, "Open"),
+        ({**opened, "ReceivedAt": "2026-11-24T11:00:00Z"}, "Open"),  # a second open is a distinct event
+        ({**opened, "ReceivedAt": "2026-11-24T10:00:00Z"}, "Open"),
+        (_payload("click", MessageID=msg_b), "Click"),
+        (_payload("delivery", MessageID="not-ours"), "Delivery"),
+        (_payload("bounce", MessageID=msg_c, ID=91, Type="HardBounce"), "Bounce"),
+        (_payload("delivery", MessageID=msg_c), "Delivery"),  # the bounced lead's delivery still counts
+        (_payload("bounce", MessageID=msg_d, ID=92, Type="Transient"), "Bounce"),
+        (earlier, "Delivery"),
+        ({**_payload("delivery"), "MessageID": None}, "Delivery"),  # not an event: refused at its place
+    ]
+
+    def run(handle: Any) -> tuple[list[Any], dict[str, Any]]:
+        with sessions() as session:
+            results = handle(session)
+            seen = [(r.duplicate, r.outcome) if isinstance(r, EventResult) else type(r) for r in results]
+            state = _state(session)
+            session.rollback()  # the other way starts from the same database
+            return seen, state
+
+    def singly(session: Session) -> list[Any]:
+        results: list[Any] = []
+        for payload, record_type in batch:
+            try:
+                results.append(handle_postmark_event(session, payload, record_type))
+            except ValueError as error:
+                results.append(error)
+        return results
+
+    together, together_state = run(lambda session: handle_postmark_events(session, batch))
+    one_by_one, one_by_one_state = run(singly)
+
+    assert together == one_by_one
+    assert together_state == one_by_one_state
+    assert together[:2] == [(False, f"job {job_a} delivered"), (True, "already processed")]
+    assert [t[0] for t in together[2:5]] == [False, False, True]
+    assert together[7][1].startswith(f"lead {c} bounced (HardBounce)")
+    assert together[8] == (False, f"job {job_c} delivered")
+    assert together[10] == (True, "already processed") and together[11] is ValueError
+    jobs = {row[0]: row[3:] for row in together_state["jobs"]}
+    assert jobs[job_a] == (True, True, False) and jobs[job_c] == (True, False, False)
+    assert dict(together_state["leads"])[c] == LeadStatus.BOUNCED
+    assert {a, b, d} <= {lead for lead, status in together_state["leads"] if status == LeadStatus.CONTACTED}
 
 
 def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_check(

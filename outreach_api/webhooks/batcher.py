@@ -2,8 +2,8 @@
 
 Postmark posts events one per request, and under load most of a request's cost was its own transaction:
 checkout, BEGIN, COMMIT with its disk flush, checkin. Here one writer thread per process takes whatever
-events are waiting (up to `max_batch`) and applies them in one transaction, each through the same core
-function as before. A request is answered only after the transaction holding its event has committed,
+events are waiting (up to `max_batch`) and applies them in one transaction (core/events.py's
+`handle_postmark_events`, where deliveries, opens and clicks also share their statements). A request is answered only after the transaction holding its event has committed,
 so an acknowledged event is never lost. When a batch fails in the database (a value PostgreSQL refuses,
 a deadlock with the other process), it is rolled back and its events are applied again one by one, so
 one bad event cannot fail the others.
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.errors import InvalidInputError
-from outreach_pipeline.core.events import EventResult, handle_postmark_event
+from outreach_pipeline.core.events import EventResult, handle_postmark_event, handle_postmark_events
 from outreach_pipeline.db.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class EventBatcher:
     def _apply(self, batch: list[_Pending]) -> None:
         try:
             with session_scope(self.sessions) as session:
-                results = [_one(session, pending) for pending in batch]
+                results = handle_postmark_events(session, [(p.payload, p.record_type) for p in batch])
         except Exception:  # noqa: BLE001 - a database error: each event gets its own transaction and answer
             if len(batch) > 1:
                 log.info("webhook batch failed; applying its %d events one by one", len(batch), exc_info=True)
@@ -103,7 +103,7 @@ class EventBatcher:
                 _settle(pending, self._alone(pending))
             return
         for pending, result in zip(batch, results, strict=True):
-            _settle(pending, result)
+            _settle(pending, _refusal(pending, result) if isinstance(result, ValueError) else result)
 
     def _alone(self, pending: _Pending) -> EventResult | BaseException:
         try:
@@ -114,12 +114,16 @@ class EventBatcher:
 
 
 def _one(session: Session, pending: _Pending) -> EventResult | InvalidInputError:
-    """Apply one event. A payload that is not an event is refused before anything is written, so the
-    batch's transaction stays good for the others."""
     try:
         return handle_postmark_event(session, pending.payload, pending.record_type)
     except ValueError as error:
-        return InvalidInputError(f"Not a Postmark {pending.record_type} payload: {error}")
+        return _refusal(pending, error)
+
+
+def _refusal(pending: _Pending, error: ValueError) -> InvalidInputError:
+    """A payload that is not an event is refused before anything of it is written, so the batch's
+    transaction stays good for the others."""
+    return InvalidInputError(f"Not a Postmark {pending.record_type} payload: {error}")
 
 
 def _settle(pending: _Pending, result: EventResult | BaseException) -> None:

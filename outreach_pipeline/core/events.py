@@ -10,7 +10,7 @@ were skipped) is predicted from the read and corrected by one more statement in 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from outreach_pipeline.core.jobs import among
 from outreach_pipeline.core.suppression import lift_suppression, suppress
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
@@ -53,6 +54,9 @@ SOFT_BOUNCE_DELAY = timedelta(days=1)
 TIMESTAMPED_RECORDS = {"Open": "ReceivedAt", "Click": "ReceivedAt", "SubscriptionChange": "ChangedAt"}
 # Records that may stop a lead: their outcome says how many of its pending jobs were skipped.
 MAY_STOP_THE_LEAD = {"Bounce", "SpamComplaint", "SubscriptionChange"}
+# Records whose whole effect is stamping their job's column once: most of the traffic, so a batch of them
+# shares its statements (handle_postmark_events).
+BATCHED_RECORDS = {"Delivery": "delivered_at", "Open": "opened_at", "Click": "clicked_at"}
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,12 @@ def _target_query(counts: bool) -> Select[Any]:
         soft = (select(func.count()).select_from(WebhookEvent)
                 .where(WebhookEvent.lead_id == Lead.id, _soft_bounce_filter()).correlate(Lead).scalar_subquery())
     return (select(EmailJob.id, EmailJob.lead_id, Lead.status, Lead.email_key, Campaign.owner_id, pending, soft)
-            .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id)
-            .where(EmailJob.provider_message_id == bindparam("message_id")).limit(1))
+            .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id))
 
 
-_TARGET = {counts: _target_query(counts) for counts in (False, True)}
+_TARGET = {counts: _target_query(counts).where(EmailJob.provider_message_id == bindparam("message_id")).limit(1)
+           for counts in (False, True)}
+_TARGETS = _target_query(False).add_columns(EmailJob.provider_message_id)
 _JOBS = EmailJob.__table__
 _STAMP = {column: update(_JOBS).where(_JOBS.c.id == bindparam("job_id"), _JOBS.c[column].is_(None))
           .values({column: bindparam("at", type_=_JOBS.c[column].type)})
@@ -151,6 +156,11 @@ _STORE = {dialect: insert(_EVENTS).values({name: bindparam(f"ev_{name}", type_=_
                                            for name in _STORED_COLUMNS})
           .on_conflict_do_nothing(index_elements=["provider", "record_type", "provider_id"]).returning(_EVENTS.c.id)
           for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+
+# Several events in one statement (SQLAlchemy sends the rows as one multi-row INSERT): which were stored is
+# told by their keys, as RETURNING gives no row for a conflict.
+_STORE_MANY = {dialect: store.returning(_EVENTS.c.record_type, _EVENTS.c.provider_id)
+               for dialect, store in _STORE.items()}
 
 
 @cache
@@ -247,9 +257,9 @@ def _engagement(stamp: str, verb: str, unknown: str) -> Handler:
     return handle
 
 
-_on_delivery = _engagement("delivered_at", "delivered", "delivery for a message we did not send")
-_on_open = _engagement("opened_at", "opened", "Open recorded")
-_on_click = _engagement("clicked_at", "clicked", "Click recorded")
+_on_delivery = _engagement(BATCHED_RECORDS["Delivery"], "delivered", "delivery for a message we did not send")
+_on_open = _engagement(BATCHED_RECORDS["Open"], "opened", "Open recorded")
+_on_click = _engagement(BATCHED_RECORDS["Click"], "clicked", "Click recorded")
 
 
 def _on_subscription_change(payload: dict[str, Any], target: Target | None) -> Action:
@@ -336,6 +346,82 @@ def handle_postmark_event(session: Session, payload: dict[str, Any], default_typ
         session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(outcome=outcome))
     log.debug("postmark event", extra={"record_type": record_type, "outcome": outcome})
     return EventResult(event_id, False, outcome)
+
+
+def _targets_of(session: Session, message_ids: set[str]) -> dict[str, Target]:
+    """The sent emails named by `message_ids`, in one query (what `_target` reads, without the counts)."""
+    if not message_ids:
+        return {}
+    query = _TARGETS.where(among(session, EmailJob.provider_message_id, sorted(message_ids)))
+    targets: dict[str, Target] = {}
+    for *columns, message_id in session.connection().execute(query):
+        targets.setdefault(message_id, Target(*columns))
+    return targets
+
+
+def _handle_batched(session: Session, events: list[tuple[int, str, str, dict[str, Any]]],
+                    results: list[EventResult | ValueError | None]) -> None:
+    """Deliveries, opens and clicks of a batch: one read of their jobs, one insert of the events, one
+    update per stamped column; each event's result lands at its index in `results`."""
+    targets = _targets_of(session, {str(payload["MessageID"]) for *_, payload in events if payload.get("MessageID")})
+    now = utcnow()
+    planned: dict[tuple[str, str], tuple[int, Action]] = {}  # the first of each key; a later copy is a replay
+    rows: list[dict[str, Any]] = []
+    for index, record_type, key, payload in events:
+        if (record_type, key) in planned:
+            results[index] = EventResult(None, True, "already processed")
+            continue
+        action = HANDLERS[record_type](payload, targets.get(str(payload.get("MessageID") or "")))
+        planned[(record_type, key)] = (index, action)
+        rows.append({"ev_provider": "postmark", "ev_record_type": record_type, "ev_provider_id": key,
+                     "ev_payload": payload, "ev_job_id": action.job_id, "ev_lead_id": action.lead_id,
+                     "ev_outcome": action.outcome, "ev_received_at": now, "ev_processed_at": now})
+    if not rows:
+        return
+    connection = session.connection()
+    stored = {(row.record_type, row.provider_id): row.id
+              for row in connection.execute(_STORE_MANY[connection.dialect.name], rows)}
+    stamps: dict[str, list[int]] = {}  # column -> jobs to stamp
+    for event_key, (index, action) in planned.items():
+        event_id = stored.get(event_key)
+        if event_id is None:
+            results[index] = EventResult(None, True, "already processed")
+            continue
+        results[index] = EventResult(event_id, False, action.outcome)
+        if action.job_id is not None:
+            stamps.setdefault(BATCHED_RECORDS[event_key[0]], []).append(action.job_id)
+    for column, job_ids in stamps.items():
+        connection.execute(update(_JOBS).where(among(session, _JOBS.c.id, sorted(set(job_ids))),
+                                               _JOBS.c[column].is_(None)).values({column: now}))
+
+
+def handle_postmark_events(
+    session: Session, events: Sequence[tuple[dict[str, Any], str]]
+) -> list[EventResult | ValueError]:
+    """Several events (payload, default record type) in the caller's transaction, each with the result
+    `handle_postmark_event` would give it; a payload that is not an event gets its ValueError instead.
+
+    Deliveries, opens and clicks, which change nothing but their job's timestamps, share their statements;
+    the others (bounces, complaints, replies...) are handled one after another, each reading what the
+    ones before it wrote.
+    """
+    results: list[EventResult | ValueError | None] = [None] * len(events)
+    batched: list[tuple[int, str, str, dict[str, Any]]] = []
+    for index, (payload, default_type) in enumerate(events):
+        record_type = record_type_of(payload, default_type)
+        if record_type in BATCHED_RECORDS:
+            try:
+                batched.append((index, record_type, _event_key(record_type, payload), payload))
+            except ValueError as error:
+                results[index] = error
+    _handle_batched(session, batched, results)
+    for index, (payload, default_type) in enumerate(events):
+        if results[index] is None:
+            try:
+                results[index] = handle_postmark_event(session, payload, default_type)
+            except ValueError as error:
+                results[index] = error
+    return [result for result in results if result is not None]
 
 
 def unsubscribe_by_token(session: Session, reply_token: str) -> Lead | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, and_, any_, bindparam, exists, insert, literal, select, text, update
+from sqlalchemy import ColumnElement, and_, any_, bindparam, exists, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -14,12 +15,12 @@ from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresq
 from outreach_pipeline.db.models import Campaign, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, Suppression
 
 
-def among(session: Session, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
-    """`column IN (ids)`; on PostgreSQL one array parameter (`= ANY(:ids)`): nothing per value to render
-    or bind, and one plan whatever the batch size."""
+def among(session: Session, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL one array parameter (`= ANY(:values)`): nothing per value to
+    render or bind, and one plan whatever the batch size."""
     if is_postgresql(session):
-        return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
-    return column.in_(ids)
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 _FIRST_JOB_COLUMNS = ["campaign_id", "lead_id", "step_number", "due_at", "status", "attempts", "created_at"]

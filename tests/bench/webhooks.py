@@ -102,6 +102,8 @@ def seed(database_url: str, jobs: int) -> list[str]:
              "message_id_header": f"<{message_id}@mtasv.net>"}
             for lead_id, message_id in zip(lead_ids, message_ids, strict=True)
         ])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE")  # a live database has statistics; a just-filled one has none yet
     engine.dispose()
     return message_ids
 
