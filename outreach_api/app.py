@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import anyio
 import anyio.to_thread
@@ -34,9 +35,11 @@ from outreach_pipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+GIL_SWITCH_INTERVAL_S = 0.001
+
 
 def build_services(settings: Settings) -> Services:
-    # PostgreSQL: a fixed pool, one connection per handler thread (see limit_threads in create_app). No
+    # PostgreSQL: a fixed pool, one connection per handler thread (see tune_threads in create_app). No
     # pre-ping: it cost a round trip per request, a third of a webhook's. A connection the server dropped
     # fails one request (a 500, which Postmark retries; a person retries) and SQLAlchemy then invalidates the
     # whole pool; recycling connections after half an hour keeps idle ones from going stale behind firewalls.
@@ -62,12 +65,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await anyio.to_thread.run_sync(services.events.stop)  # what is queued is applied first
         services.engine.dispose()
 
-    async def limit_threads(app: Litestar) -> None:
+    async def tune_threads(app: Litestar) -> None:
         # Sync handlers run on anyio's worker threads (40 by default): no more of them than connections,
         # so a burst queues for a thread rather than for the pool. Commits have threads of their own
         # (outreach_api/context.py says why).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_db_pool_size
         app.state.db_finishers = anyio.CapacityLimiter(settings.api_db_pool_size)
+        # A database thread (the webhook writer above all) waits on PostgreSQL several times per batch and,
+        # answered, must win the GIL back from the busy event loop: by default it may wait 5 ms each time.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     return Litestar(
         route_handlers=[
@@ -85,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[rate_limits.per_client, rate_limits.per_address],
         request_max_body_size=settings.max_request_body_bytes,
         on_app_init=[jwt_auth.on_app_init],
-        on_startup=[limit_threads],
+        on_startup=[tune_threads],
         on_shutdown=[dispose_engine],
         state=State({"services": services, "jwt_auth": jwt_auth}),
         openapi_config=OpenAPIConfig(

@@ -159,6 +159,8 @@ def test_a_batch_of_events_ends_exactly_as_the_same_events_one_by_one(
     their statements, the rest go one by one. Same results and same database as handling them singly."""
     (a, job_a, msg_a), (b, _, msg_b), (c, job_c, msg_c), (d, _, msg_d) = _sent(sessions, fake_postmark, 4)
     earlier = _payload("delivery", MessageID=msg_d)
+    with session_scope(sessions) as session:
+        token_b = session.get_one(Lead, b).reply_token
     _event(sessions, "delivery", msg_d, 0)  # stored before the batch: a replay in it
     opened = {**_payload("open"), "MessageID": msg_a}
     batch = [
@@ -172,8 +174,11 @@ def test_a_batch_of_events_ends_exactly_as_the_same_events_one_by_one(
         (_payload("bounce", MessageID=msg_c, ID=91, Type="HardBounce"), "Bounce"),
         (_payload("delivery", MessageID=msg_c), "Delivery"),  # the bounced lead's delivery still counts
         (_payload("bounce", MessageID=msg_d, ID=92, Type="Transient"), "Bounce"),
+        (_payload("bounce", MessageID=msg_d, ID=93, Type="Transient"), "Bounce"),  # the same lead: after the rest
+        (_payload("bounce", MessageID=msg_d, ID=94, Type="Transient"), "Bounce"),  # the third stops the lead
         (earlier, "Delivery"),
         ({**_payload("delivery"), "MessageID": None}, "Delivery"),  # not an event: refused at its place
+        (_payload("inbound", MessageID="reply-b", MailboxHash=token_b), "Inbound"),
     ]
 
     def run(handle: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -202,11 +207,15 @@ def test_a_batch_of_events_ends_exactly_as_the_same_events_one_by_one(
     assert [t[0] for t in together[2:5]] == [False, False, True]
     assert together[7][1].startswith(f"lead {c} bounced (HardBounce)")
     assert together[8] == (False, f"job {job_c} delivered")
-    assert together[10] == (True, "already processed") and together[11] is ValueError
+    assert together[10] == (False, "Transient bounce recorded")
+    assert together[11][1].startswith(f"lead {d} soft-bounced 3 times")
+    assert together[12] == (True, "already processed") and together[13] is ValueError
+    assert together[14][1].startswith(f"lead {b} replied")
     jobs = {row[0]: row[3:] for row in together_state["jobs"]}
     assert jobs[job_a] == (True, True, False) and jobs[job_c] == (True, False, False)
     assert dict(together_state["leads"])[c] == LeadStatus.BOUNCED
-    assert {a, b, d} <= {lead for lead, status in together_state["leads"] if status == LeadStatus.CONTACTED}
+    statuses = dict(together_state["leads"])
+    assert (statuses[a], statuses[b], statuses[d]) == (LeadStatus.CONTACTED, LeadStatus.REPLIED, LeadStatus.BOUNCED)
 
 
 def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_check(

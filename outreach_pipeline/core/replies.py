@@ -17,12 +17,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.events import Action
+from outreach_pipeline.core.stops import skip_pending_jobs
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
     EmailJob,
-    JobStatus,
     Lead,
     LeadStatus,
 )
@@ -134,14 +134,6 @@ def _who(lead: Lead, sender: str) -> str:
     return f" (from {'a colleague at the lead company' if same_company else 'another address'}, {sender[:80]})"
 
 
-def stop_sequence(session: Session, lead_id: int, reason: str) -> int:
-    result = session.execute(
-        update(EmailJob).where(EmailJob.lead_id == lead_id, EmailJob.status == JobStatus.PENDING)
-        .values(status=JobStatus.SKIPPED, last_error=reason)
-    )
-    return result.rowcount or 0
-
-
 def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
     """Record an inbound message against its lead and, when a person wrote it, stop the lead's sequence."""
     headers = headers_of(payload)
@@ -160,7 +152,7 @@ def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
         if opened:
             session.execute(update(Lead).where(Lead.id == lead_id)
                             .values(status=LeadStatus.REPLIED, replied_at=utcnow()))
-        return outcome(stop_sequence(session, lead_id, "lead replied"))
+        return outcome(skip_pending_jobs(session, [lead_id], "lead replied")[lead_id])
 
     # Replies are rare next to deliveries: the skipped count is written once known (one more statement).
     return Action(outcome(0), lead_id=lead_id, apply=record_reply)

@@ -17,10 +17,18 @@ def domain_entry(domain: str) -> str:
 
 
 def suppress(session: Session, owner_id: int, email: str, reason: str) -> None:
-    statement = insert_ignoring_conflicts(session, Suppression, ["owner_id", "email"]).values(
-        owner_id=owner_id, email=email.strip().lower(), reason=reason
-    )
-    session.execute(statement)
+    suppress_many(session, [(owner_id, email, reason)])
+
+
+def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> None:
+    """Put (owner, address, reason) entries on the list in one statement; one already there keeps its reason."""
+    first: dict[tuple[int, str], str] = {}
+    for owner_id, email, reason in entries:
+        first.setdefault((owner_id, email.strip().lower()), reason)
+    rows = sorted(first.items())  # in key order: concurrent writers take the index's locks in one order
+    if rows:
+        session.execute(insert_ignoring_conflicts(session, Suppression, ["owner_id", "email"]), [
+            {"owner_id": owner_id, "email": email, "reason": reason} for (owner_id, email), reason in rows])
 
 
 def suppress_domain(session: Session, owner_id: int, domain: str, reason: str = "manual") -> None:

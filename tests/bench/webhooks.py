@@ -8,7 +8,8 @@ run can post), starts uvicorn on loopback with the app plus one trivial route, t
 `--connections` requests in flight posting realistic Postmark webhooks (80% Delivery, 20% Transient or
 HardBounce, every one a distinct event) with HTTP Basic credentials. The same load against the trivial
 route is the ceiling. Prints requests/s, p50/p99 latency, errors, events accepted and stored (must be
-equal: nothing lost), the ceiling and `ratio_vs_ceiling=`.
+equal: nothing lost), the ceiling and `ratio_vs_ceiling=`. Each load also prints the CPU time the server
+spent per request (uvicorn's processes and the database's backends): on a busy machine, a steadier figure.
 Targets: >= 1,000 webhooks/s, p99 < 100 ms, ratio_vs_ceiling >= 0.25. Not collected by pytest.
 """
 
@@ -241,11 +242,51 @@ def start_server(database_url: str, port: int, workers: int, data_dir: Path) -> 
     raise RuntimeError("uvicorn did not start")
 
 
-def report(name: str, tally: Tally, elapsed: float) -> float:
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # gone, or not Linux
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class ServerCpu:
+    """CPU seconds used by uvicorn with its workers, and by the PostgreSQL backends of the bench's database
+    (read from /proc; backends that appear during a load count from their start)."""
+
+    def __init__(self, server: subprocess.Popen[bytes], database_url: str) -> None:
+        self.server, self.database_url = server, database_url
+        self.seen = self._read()
+
+    def _pids(self) -> tuple[list[int], list[int]]:
+        children = Path(f"/proc/{self.server.pid}/task/{self.server.pid}/children")
+        workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        url = make_url(self.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url) as db:
+            backends = [pid for (pid,) in db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        return [self.server.pid, *workers], backends
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        app, database = self._pids()
+        return {**{("app", pid): _cpu_seconds(pid) for pid in app},
+                **{("database", pid): _cpu_seconds(pid) for pid in database}}
+
+    def since_last(self) -> dict[str, float]:
+        now = self._read()
+        used = {"app": 0.0, "database": 0.0}
+        for (part, pid), seconds in now.items():
+            used[part] += seconds - self.seen.get((part, pid), 0.0)
+        self.seen = now
+        return used
+
+
+def report(name: str, tally: Tally, elapsed: float, cpu: dict[str, float]) -> float:
     rate = len(tally.latencies) / elapsed
     print(f"{name}: requests={len(tally.latencies)} requests/s={rate:.0f} "
           f"p50_ms={percentile(tally.latencies, 0.5) * 1000:.1f} p99_ms={percentile(tally.latencies, 0.99) * 1000:.1f} "
-          f"errors={tally.errors}")
+          f"errors={tally.errors} cpu_ms_per_request: "
+          + " ".join(f"{part}={seconds * 1000 / max(len(tally.latencies), 1):.3f}" for part, seconds in cpu.items()))
     return rate
 
 
@@ -269,12 +310,15 @@ def main() -> None:
         port = free_port()
         server = start_server(database_url, port, args.workers, Path(f"/tmp/bench-webhooks-{port}"))
         asyncio.run(load(port, None, 2, args.connections))  # warm-up: connections, pools, imports
+        cpu = ServerCpu(server, database_url)
         tally, elapsed = asyncio.run(load(port, events, args.seconds, args.connections))
-        rate = report("webhooks", tally, elapsed)
+        rate = report("webhooks", tally, elapsed, cpu.since_last())
         stored = stored_events(database_url)
         print(f"accepted={tally.accepted} stored={stored} lost={tally.accepted - stored}")
+        cpu.since_last()
         ceiling_tally, ceiling_elapsed = asyncio.run(load(port, None, args.seconds, args.connections))
-        ceiling = report("ceiling (trivial route, same server)", ceiling_tally, ceiling_elapsed)
+        ceiling = report("ceiling (trivial route, same server)", ceiling_tally, ceiling_elapsed,
+                         cpu.since_last())
         print(f"ratio_vs_ceiling={rate / ceiling:.2f}")
     finally:
         if server is not None:
