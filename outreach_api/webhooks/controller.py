@@ -38,8 +38,9 @@ def _credentials(header: str) -> tuple[str, str] | None:
     return (username, password) if sep else None
 
 
-def basic_auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """401 (never 403, on which Postmark stops retrying) unless the credentials match, compared in constant time."""
+async def basic_auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """401 (never 403, on which Postmark stops retrying) unless the credentials match, compared in constant time.
+    Async though it never waits: Litestar runs a sync guard on a worker thread, a hop per webhook."""
     settings = connection.app.state.services.settings
     given = _credentials(connection.headers.get("authorization", ""))
     expected_user, expected_password = settings.webhook_username, settings.webhook_password

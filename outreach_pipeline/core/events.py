@@ -12,21 +12,22 @@ after the rest, one at a time, so each reads what came before it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, any_, bindparam, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, Select, case, func, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.jobs import among
 from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
 from outreach_pipeline.core.suppression import lift_suppression, suppress
 from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.dialect import in_list
 from outreach_pipeline.db.models import (
     Campaign,
     EmailJob,
@@ -107,19 +108,12 @@ def _soft_bounce_filter() -> ColumnElement[bool]:
     return (WebhookEvent.record_type == "Bounce") & WebhookEvent.payload["Type"].as_string().in_(SOFT_BOUNCE_TYPES)
 
 
-def _among(column: ColumnElement[Any], name: str, postgresql: bool) -> ColumnElement[bool]:
-    """`column` in the list bound as `name`: on PostgreSQL one array parameter, so one plan whatever its size."""
-    if postgresql:
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
-
-
 # Built once per dialect: SQLAlchemy memoises a statement's cache key on the object, so a reused statement
 # skips construction and key generation.
 def _target_query(postgresql: bool) -> Select[Any]:
     """The sent emails named in `message_ids`, with the lead's pending jobs and soft bounces counted only for
     those also in `counted` (records that may stop the lead): one query for a whole batch."""
-    counted = _among(EmailJob.provider_message_id, "counted", postgresql)
+    counted = in_list(EmailJob.provider_message_id, "counted", postgresql)
     pending = (select(func.count()).where(EmailJob.lead_id == Lead.id, EmailJob.status == JobStatus.PENDING)
                .correlate(Lead).scalar_subquery())
     soft = (select(func.count()).select_from(WebhookEvent)
@@ -128,19 +122,27 @@ def _target_query(postgresql: bool) -> Select[Any]:
     return (select(EmailJob.id, EmailJob.lead_id, Lead.status, Lead.email_key, Campaign.owner_id,
                    case((counted, pending), else_=0), case((counted, soft), else_=0), EmailJob.provider_message_id)
             .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id)
-            .where(_among(EmailJob.provider_message_id, "message_ids", postgresql)))
+            .where(in_list(EmailJob.provider_message_id, "message_ids", postgresql)))
 
 
 _TARGETS = {dialect: _target_query(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
 _JOBS = EmailJob.__table__
 _EVENTS = WebhookEvent.__table__
-_STORED_COLUMNS = ("provider", "record_type", "provider_id", "payload", "job_id", "lead_id", "outcome",
-                   "received_at", "processed_at")
-# Rows of a batch go as one multi-row INSERT (SQLAlchemy's insertmanyvalues); which were stored is told by
+# SQLite: the rows as one multi-row INSERT (SQLAlchemy's insertmanyvalues). Which were stored is told by
 # their keys, as RETURNING gives no row for a conflict.
-_STORE = {dialect: insert(_EVENTS).on_conflict_do_nothing(index_elements=["provider", "record_type", "provider_id"])
-          .returning(_EVENTS.c.id, _EVENTS.c.record_type, _EVENTS.c.provider_id)
-          for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+_STORE_ROWS = sqlite.insert(_EVENTS).on_conflict_do_nothing(index_elements=["provider", "record_type", "provider_id"]) \
+    .returning(_EVENTS.c.id, _EVENTS.c.record_type, _EVENTS.c.provider_id)
+# PostgreSQL: the rows in one JSON parameter, so the statement's text is the same for any batch (psycopg
+# parses a many-row VALUES list afresh each time) and the C json encoder does the per-row work.
+_STORE_JSON = text("""
+    INSERT INTO webhook_events (provider, record_type, provider_id, payload, job_id, lead_id, outcome,
+                                received_at, processed_at)
+    SELECT 'postmark', v.record_type, v.provider_id, v.payload, v.job_id, v.lead_id, v.outcome, :now, :now
+    FROM json_to_recordset(CAST(:rows AS json))
+        AS v(record_type varchar, provider_id varchar, payload jsonb, job_id integer, lead_id integer, outcome varchar)
+    ON CONFLICT (provider, record_type, provider_id) DO NOTHING
+    RETURNING id, record_type, provider_id
+""")
 
 
 def _targets(session: Session, message_ids: set[str], counted: set[str]) -> dict[str, Target]:
@@ -315,12 +317,10 @@ def _store(session: Session, planned: list[tuple[_Event, Action]], results: Resu
             results[event.index] = EventResult(None, True, "already processed")
         else:
             first[(event.record_type, event.key)] = (event, action)
-    connection = session.connection()
-    rows = [{"provider": "postmark", "record_type": event.record_type, "provider_id": event.key,
-             "payload": event.payload, "job_id": action.job_id, "lead_id": action.lead_id, "outcome": action.outcome,
-             "received_at": now, "processed_at": now} for event, action in first.values()]
-    stored = {(row.record_type, row.provider_id): row.id
-              for row in connection.execute(_STORE[connection.dialect.name], rows)} if rows else {}
+    rows = [{"record_type": event.record_type, "provider_id": event.key, "payload": event.payload,
+             "job_id": action.job_id, "lead_id": action.lead_id, "outcome": action.outcome}
+            for event, action in first.values()]
+    stored = {(row.record_type, row.provider_id): row.id for row in _insert_events(session, rows, now)}
     kept: Stored = []
     for event_key, (event, action) in first.items():
         event_id = stored.get(event_key)
@@ -330,6 +330,17 @@ def _store(session: Session, planned: list[tuple[_Event, Action]], results: Resu
             results[event.index] = EventResult(event_id, False, action.outcome)
             kept.append((event_id, event, action))
     return kept
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]], now: datetime) -> Sequence[Any]:
+    """Insert the events' rows, skipping those already stored; the rows stored (id, record_type, provider_id)."""
+    if not rows:
+        return []
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_STORE_JSON, {"rows": json.dumps(rows), "now": now}).all()
+    return connection.execute(_STORE_ROWS, [{**row, "provider": "postmark", "received_at": now, "processed_at": now}
+                                            for row in rows]).all()
 
 
 def _act(session: Session, stored: Stored, results: Results) -> None:

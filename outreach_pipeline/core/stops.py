@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import Update, bindparam, update
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.jobs import among
 from outreach_pipeline.core.suppression import suppress_many
+from outreach_pipeline.db.dialect import in_list
 from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus
 
 
@@ -32,17 +32,32 @@ class StopLead:
     outcome: Callable[[int], str]  # the event's outcome, given how many pending jobs were skipped
 
 
+_LEADS = Lead.__table__
+_JOBS = EmailJob.__table__
+
+
+# Built once per dialect and run on the session's connection: a batch's stops cost no statement
+# construction, cache-key generation or ORM bookkeeping (nothing here is held as an ORM object).
+def _statements(postgresql: bool) -> tuple[Update, Update]:
+    set_status = (update(_LEADS).where(in_list(_LEADS.c.id, "lead_ids", postgresql))
+                  .values(status=bindparam("status", type_=_LEADS.c.status.type)))
+    skip = (update(_JOBS).where(in_list(_JOBS.c.lead_id, "lead_ids", postgresql), _JOBS.c.status == JobStatus.PENDING)
+            .values(status=JobStatus.SKIPPED, last_error=bindparam("reason", type_=_JOBS.c.last_error.type))
+            .returning(_JOBS.c.lead_id))
+    return set_status, skip
+
+
+_STATEMENTS = {dialect: _statements(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
+
+
 def skip_pending_jobs(session: Session, lead_ids: Sequence[int], reason: str) -> Counter[int]:
     """Skip the leads' jobs still to send; how many were skipped, by lead."""
     if not lead_ids:
         return Counter()
-    skipped = session.execute(
-        update(EmailJob).where(among(session, EmailJob.lead_id, sorted(set(lead_ids))),
-                               EmailJob.status == JobStatus.PENDING)
-        .values(status=JobStatus.SKIPPED, last_error=reason).returning(EmailJob.lead_id)
-        .execution_options(synchronize_session=False)
-    ).scalars()
-    return Counter(skipped)
+    connection = session.connection()
+    _, skip = _STATEMENTS[connection.dialect.name]
+    # In id order, as every writer does: concurrent ones lock rows in one order, so they wait, not deadlock.
+    return Counter(connection.execute(skip, {"lead_ids": sorted(set(lead_ids)), "reason": reason}).scalars())
 
 
 def stop_leads(session: Session, stops: Sequence[StopLead]) -> Counter[int]:
@@ -54,10 +69,10 @@ def stop_leads(session: Session, stops: Sequence[StopLead]) -> Counter[int]:
         if stop.status is not None:
             by_status.setdefault(stop.status, []).append(stop.lead_id)
         by_reason.setdefault(stop.skip_reason, []).append(stop.lead_id)
+    connection = session.connection()
+    set_status, _ = _STATEMENTS[connection.dialect.name]
     for status, lead_ids in by_status.items():
-        # In id order: concurrent writers lock the rows in one order, so they wait rather than deadlock.
-        session.execute(update(Lead).where(among(session, Lead.id, sorted(lead_ids))).values(status=status)
-                        .execution_options(synchronize_session=False))
+        connection.execute(set_status, {"lead_ids": sorted(lead_ids), "status": status})
     suppress_many(session, [(stop.owner_id, stop.email_key, stop.suppression_reason)
                             for stop in stops if stop.suppression_reason is not None])
     skipped: Counter[int] = Counter()

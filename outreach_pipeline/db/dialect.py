@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import ColumnElement, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 
@@ -17,3 +19,12 @@ def insert_ignoring_conflicts(session: Session, model: type[Any], conflict_colum
 
 def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def in_list(column: ColumnElement[Any], name: str, postgresql: bool) -> ColumnElement[bool]:
+    """`column` among the values bound as `name`, for a statement built once and run with many lists: on
+    PostgreSQL one array parameter (one plan and one statement text whatever the list's length), elsewhere
+    an expanding IN."""
+    if postgresql:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
