@@ -55,7 +55,9 @@ class ClientAddress:
         return f"client:{client[:64]}"
 
 
-def _is_sign_in(request: Request[Any, Any, Any]) -> bool:
+# The throttle checks are async though they never wait: Litestar runs a sync one on a worker thread, two
+# thread hops on every request the limits do not skip.
+async def _is_sign_in(request: Request[Any, Any, Any]) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/") in CLIENT_LIMITED
 
 
@@ -87,7 +89,7 @@ async def _address_in(request: Request[Any, Any, Any]) -> str | None:
     return normalise_address(email)[:320]
 
 
-def _names_an_address(request: Request[Any, Any, Any]) -> bool:
+async def _names_an_address(request: Request[Any, Any, Any]) -> bool:
     return ADDRESS_KEY in request.scope
 
 
