@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, delete, inspect, select
+from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.migrate import alembic_config
 from outreach_pipeline.core.lead_store import reply_tokens
-from outreach_pipeline.db.models import Base, Campaign, Lead, LeadImport, User
+from outreach_pipeline.core.generation_stats import opener_tokens
+from outreach_pipeline.db.models import Base, Campaign, Lead, LeadImport, LeadOpener, User
 from outreach_pipeline.db.session import create_db_engine
 
 
@@ -107,3 +108,45 @@ def test_reply_tokens_ascend_within_an_import_and_are_unguessable() -> None:
     assert all(len(token) == 32 and int(token, 16) >= 0 for token in first + second)
     assert first[0] < first[1] and first[0][:16] == "0000000700000002"
     assert first[0][16:] != second[0][16:]  # the random half differs from one batch to the next
+
+
+def test_opener_token_counters_count_what_was_there_and_follow_every_change(database_url: str) -> None:
+    """Campaign stats read opener tokens from counters kept by triggers (migration 0010), not a sum over every
+    opener: the counters must equal that sum after the migration's backfill, inserts, retries and deletes."""
+    config = alembic_config(database_url)
+    command.downgrade(config, "0009_sender_pacing")  # openers written before the counters existed
+    engine = create_db_engine(database_url)
+    try:
+        with Session(engine) as session:
+            campaign = _campaign(session)
+            leads = [Lead(campaign_id=campaign.id, email=f"l{n}@example.com", email_key=f"l{n}@example.com",
+                          reply_token=f"{n}" * 32) for n in range(3)]
+            session.add_all(leads)
+            session.flush()
+
+            def opener(lead: Lead, prompt: int, completion: int) -> LeadOpener:
+                return LeadOpener(lead_id=lead.id, campaign_id=campaign.id, status="READY", source="openai",
+                                  prompt_tokens=prompt, completion_tokens=completion)
+
+            first = opener(leads[0], 100, 10)
+            session.add(first)
+            session.commit()
+            command.upgrade(config, "head")
+
+            def counted_and_summed() -> tuple[tuple[int, int], tuple[int, int]]:
+                summed = session.execute(select(func.coalesce(func.sum(LeadOpener.prompt_tokens), 0),
+                                                func.coalesce(func.sum(LeadOpener.completion_tokens), 0))).one()
+                return opener_tokens(session, campaign.id), (int(summed[0]), int(summed[1]))
+
+            assert counted_and_summed() == ((100, 10), (100, 10))
+            session.add_all([opener(leads[1], 200, 20), opener(leads[2], 50, 5)])
+            session.commit()
+            first.prompt_tokens, first.completion_tokens = 150, 15  # retried with another model call
+            session.commit()
+            assert counted_and_summed() == ((400, 40), (400, 40))
+            session.execute(delete(Lead).where(Lead.id == leads[1].id))  # its opener goes with it
+            session.execute(delete(LeadOpener).where(LeadOpener.lead_id == leads[2].id))
+            session.commit()
+            assert counted_and_summed() == ((150, 15), (150, 15))
+    finally:
+        engine.dispose()

@@ -134,6 +134,7 @@ def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None =
     for count in campaign_counts(session, campaign.id):
         if count.kind == "lead":
             leads_by_status[count.status] = leads_by_status.get(count.status, 0) + count.n
+        if count.kind != "job":  # leads, and the openers' tokens (read by generation_usage)
             continue
         jobs_by_step.setdefault(count.step_number, _no_jobs())[count.status] += count.n
         variant = variants.get(count.template_id, UNRENDERED)
@@ -170,7 +171,7 @@ COUNT_KEY = ("kind", "step_number", "template_id", "status", "delivered")
 
 @dataclass(frozen=True)
 class Count:
-    kind: str  # lead | job
+    kind: str  # lead | job | oprompt | ocompl (tokens spent on openers)
     step_number: int
     template_id: int
     status: str

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadOpener, LeadStatus, Template
+from outreach_pipeline.db.models import Campaign, CampaignCount, EmailJob, JobStatus, Lead, LeadStatus, Template
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,28 @@ class VariantStats(BaseModel):
     reply_rate: float
 
 
+# The counters (campaign_counts, kept by triggers on lead_openers: migration 0010) holding the tokens spent
+# on a campaign's openers: a campaign of a million leads has a million openers, too many to sum per read.
+OPENER_TOKEN_KINDS = ("oprompt", "ocompl")
+
+
+def opener_tokens(session: Session, campaign_id: int) -> tuple[int, int]:
+    """Prompt and completion tokens spent on the campaign's openers."""
+    counts = CampaignCount.__table__.c
+    # Cast: PostgreSQL sums a bigint into a numeric, which would come back as a Decimal.
+    totals = dict(session.execute(select(counts.kind, cast(func.sum(counts.n), BigInteger))
+                                  .where(counts.campaign_id == campaign_id, counts.kind.in_(OPENER_TOKEN_KINDS))
+                                  .group_by(counts.kind)).tuples().all())
+    prompt, completion = (int(totals.get(kind) or 0) for kind in OPENER_TOKEN_KINDS)
+    return prompt, completion
+
+
 def generation_usage(session: Session, campaign: Campaign, prices: Prices) -> GenerationUsage:
     """Tokens spent writing this campaign's templates and openers (cache hits cost none), and the estimate."""
     t_prompt, t_completion = session.execute(select(
         func.coalesce(func.sum(Template.prompt_tokens), 0), func.coalesce(func.sum(Template.completion_tokens), 0)
     ).where(Template.campaign_id == campaign.id)).one()
-    o_prompt, o_completion = session.execute(select(
-        func.coalesce(func.sum(LeadOpener.prompt_tokens), 0), func.coalesce(func.sum(LeadOpener.completion_tokens), 0)
-    ).where(LeadOpener.campaign_id == campaign.id)).one()
+    o_prompt, o_completion = opener_tokens(session, campaign.id)
     prompt, completion = int(t_prompt) + int(o_prompt), int(t_completion) + int(o_completion)
     return GenerationUsage(
         template_prompt_tokens=int(t_prompt), template_completion_tokens=int(t_completion),

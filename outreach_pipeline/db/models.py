@@ -329,11 +329,12 @@ class WebhookEvent(Base):
 
 
 class CampaignCount(Base):
-    """Append-only deltas of a campaign's lead and job counts, so its stats never count a million rows.
+    """Append-only deltas of a campaign's lead and job counts and opener tokens, so its stats never count a
+    million rows.
 
-    Written only by database triggers on `leads` and `email_jobs` (migration 0007): statement-level with
-    transition tables on PostgreSQL (one aggregated insert per statement, so concurrent senders never wait
-    on a shared counter row), per row on SQLite. A count is the sum of `n` over its key;
+    Written only by database triggers on `leads` and `email_jobs` (migration 0007) and `lead_openers`
+    (migration 0010): statement-level with transition tables on PostgreSQL (one aggregated insert per
+    statement, so concurrent senders never wait on a shared counter row), per row on SQLite. A count is the sum of `n` over its key;
     `core/campaigns.py` folds a campaign's rows into one per key when it reads them.
     """
 
@@ -343,7 +344,7 @@ class CampaignCount(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
     # No foreign key: a cascading campaign delete appends deltas for the campaign going away.
     campaign_id: Mapped[int] = mapped_column(index=True)
-    kind: Mapped[str] = mapped_column(String(8))  # lead | job
+    kind: Mapped[str] = mapped_column(String(8))  # lead | job | oprompt | ocompl (opener tokens, n = tokens)
     step_number: Mapped[int]  # 0 for leads
     template_id: Mapped[int]  # 0 for leads and for jobs not rendered yet
     status: Mapped[str] = mapped_column(String(16))
