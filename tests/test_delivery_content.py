@@ -3,6 +3,8 @@ pre-flight and suppression rules that decide whether it goes at all."""
 
 from __future__ import annotations
 
+import html
+
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
 from outreach_pipeline.core.errors import InvalidInputError
+from outreach_pipeline.core.placeholders import render
 from outreach_pipeline.core.suppression import suppress_domain
 from outreach_pipeline.core.templates import TemplateInput, save_template
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, User
@@ -63,6 +66,14 @@ def test_lead_values_are_escaped_in_html_and_never_put_a_line_break_in_a_header(
         assert f'href="https://outreach.example/unsubscribe/{token}"' in message["HtmlBody"]
         assert message["TextBody"].rstrip().endswith("Ada Ltd, 1 Main St, Springfield")
         assert "Ada Ltd, 1 Main St, Springfield" in message["HtmlBody"]
+
+
+def test_a_fallback_is_escaped_once_in_html_and_a_lead_value_always() -> None:
+    template = html.escape("Hi {{first_name|Tom & Jerry}}, {{company|<none>}}")  # as compose escapes a template
+    assert render(template, {}, escape_html=True) == "Hi Tom &amp; Jerry, &lt;none&gt;"
+    assert render(template, {"first_name": "<b>Eve</b> & co", "company": ""}, escape_html=True) == (
+        "Hi &lt;b&gt;Eve&lt;/b&gt; &amp; co, &lt;none&gt;")
+    assert render("Hi {{first_name|Tom & Jerry}}", {}) == "Hi Tom & Jerry"
 
 
 def test_follow_ups_thread_under_the_first_email_unless_the_step_says_not_to(

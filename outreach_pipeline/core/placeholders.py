@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|([^{}]*))?\}\}")
 _CR_LF = re.compile(r"[\r\n]+")
@@ -39,23 +40,43 @@ def unbalanced_braces(text: str) -> bool:
     return "{{" in rest or "}}" in rest
 
 
-def render(text: str, values: Mapping[str, str | None], *, escape_html: bool = False, header: bool = False) -> str:
-    """Fill placeholders; lead values are HTML-escaped for HTML and stripped of CR/LF for headers."""
-    missing: list[str] = []
+# A batch renders the same few templates hundreds of times: each is split into its pieces once.
+@lru_cache(maxsize=512)
+def _pieces(text: str) -> tuple[tuple[str, str | None, str | None], ...]:
+    """(literal, field, fallback) runs of `text`; field is None for the trailing literal."""
+    pieces: list[tuple[str, str | None, str | None]] = []
+    start = 0
+    for match in PLACEHOLDER.finditer(text):
+        pieces.append((text[start:match.start()], match.group(1), match.group(2)))
+        start = match.end()
+    pieces.append((text[start:], None, None))
+    return tuple(pieces)
 
-    def fill(match: re.Match[str]) -> str:
-        value = values.get(match.group(1))
-        if value is None or str(value).strip() == "":
-            if match.group(2) is None:
-                missing.append(match.group(1))
-                return ""
-            value = match.group(2)
+
+def render(text: str, values: Mapping[str, str | None], *, escape_html: bool = False, header: bool = False) -> str:
+    """Fill placeholders; lead values are HTML-escaped for HTML and stripped of CR/LF for headers.
+
+    With `escape_html`, `text` is HTML already (the template escaped as a whole), fallbacks included: only
+    lead values are escaped here, or a fallback's `&` would reach the reader as `&amp;`.
+    """
+    parts: list[str] = []
+    missing: list[str] = []
+    for literal, name, fallback in _pieces(text):
+        parts.append(literal)
+        if name is None:
+            continue
+        value = values.get(name)
+        from_lead = not (value is None or str(value).strip() == "")
+        if not from_lead:
+            if fallback is None:
+                missing.append(name)
+                continue
+            value = fallback
         value = str(value)
         if header:
             value = _CR_LF.sub(" ", value)
-        return html.escape(value) if escape_html else value
-
-    rendered = PLACEHOLDER.sub(fill, text)
+        parts.append(html.escape(value) if escape_html and from_lead else value)
     if missing:
         raise MissingFieldError(sorted(set(missing)))
+    rendered = "".join(parts)
     return _CR_LF.sub(" ", rendered) if header else rendered
