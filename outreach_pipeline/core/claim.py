@@ -55,12 +55,13 @@ def defer_closed_windows(session: Session, due_before: datetime, now: datetime) 
 
 def _used_today(session: Session, since: datetime, *conditions: object) -> int:
     """Jobs sent since `since` or in flight: what today's budget has already spent."""
-    # Two counts rather than one OR: each is a range on ix_email_jobs_sent_today, not a scan of the campaign.
+    # Two counts rather than one OR: each is a range on ix_email_jobs_sent_today, not a scan of the campaign;
+    # both in one statement, one round trip.
     sent = select(func.count()).select_from(EmailJob).where(
         EmailJob.status == JobStatus.SENT, EmailJob.sent_at >= since, *conditions)  # type: ignore[arg-type]
     sending = select(func.count()).select_from(EmailJob).where(
         EmailJob.status == JobStatus.SENDING, *conditions)  # type: ignore[arg-type]
-    return (session.scalar(sent) or 0) + (session.scalar(sending) or 0)
+    return session.connection().scalar(select(sent.scalar_subquery() + sending.scalar_subquery())) or 0
 
 
 def remaining_today(session: Session, campaign: Campaign, now: datetime) -> int:
@@ -68,19 +69,21 @@ def remaining_today(session: Session, campaign: Campaign, now: datetime) -> int:
     since = local_day_start(zone_or_utc(campaign.timezone), now)
     left = campaign.daily_cap - _used_today(session, since, EmailJob.campaign_id == campaign.id)
     sender = (campaign.sender_email or "").lower()
-    limit = session.scalar(select(SenderLimit).where(SenderLimit.email == sender)) if sender else None
-    if limit is not None:
+    cap = session.connection().scalar(
+        select(SenderLimit.daily_cap).where(SenderLimit.email == sender)) if sender else None
+    if cap is not None:
         same_sender = EmailJob.campaign_id.in_(select(Campaign.id).where(func.lower(Campaign.sender_email) == sender))
-        left = min(left, limit.daily_cap - _used_today(session, since, same_sender))
+        left = min(left, cap - _used_today(session, since, same_sender))
     return max(left, 0)
 
 
 def _lock(session: Session, campaign: Campaign) -> None:
     # Serialises budget arithmetic per campaign and per sender address across concurrent senders.
     if is_postgresql(session):
-        session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
+        connection = session.connection()
+        connection.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
         sender = (campaign.sender_email or "").lower()
-        session.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
+        connection.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
 
 
 def _sender_pacing(session: Session, campaign: Campaign) -> SenderPacing:
@@ -105,12 +108,13 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, now: d
     # A MATERIALIZED CTE runs the LIMITed, SKIP LOCKED select exactly once: as `id IN (subquery)`
     # PostgreSQL may re-run the subquery per row and take more rows than the limit (seen: 4 for 2).
     chosen = due.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
-    return list(session.scalars(
+    # On the connection: the ORM would match every returned id against the session, which holds no job.
+    return list(session.connection().scalars(
         update(EmailJob)
         .where(EmailJob.id == chosen.c.id, EmailJob.status == JobStatus.PENDING)
         .values(status=JobStatus.SENDING, attempts=EmailJob.attempts + 1, claimed_at=now)
         .returning(EmailJob.id)
-    ))
+    ).all())
 
 
 def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int) -> list[int]:
@@ -133,11 +137,11 @@ def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetim
 
 
 def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]:
-    return list(session.scalars(
+    return list(session.connection().scalars(
         select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE, select(EmailJob.id).where(
             EmailJob.campaign_id == Campaign.id, EmailJob.status == JobStatus.PENDING,
             EmailJob.due_at <= due_before).exists()).order_by(Campaign.id)
-    ))
+    ).all())
 
 
 def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime) -> list[int]:

@@ -6,7 +6,6 @@ import html
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formataddr
-from functools import lru_cache
 from typing import Any, Protocol
 
 from outreach_pipeline.core.placeholders import render
@@ -58,70 +57,102 @@ class JobRef(Protocol):
     def step_number(self) -> int: ...
 
 
-def lead_values(lead: LeadFields, campaign: Campaign) -> dict[str, str | None]:
-    return {
-        **{str(k): (None if v is None else str(v)) for k, v in (lead.custom_fields or {}).items()},
-        "email": lead.email,
-        "first_name": lead.first_name,
-        "last_name": lead.last_name,
-        "company": lead.company,
-        "title": lead.title,
-        "sender_name": campaign.sender_name,
-    }
+def lead_values(lead: LeadFields, sender_name: str | None) -> dict[str, str | None]:
+    custom = lead.custom_fields
+    values = {str(k): (None if v is None else str(v)) for k, v in custom.items()} if custom else {}
+    values.update(email=lead.email, first_name=lead.first_name, last_name=lead.last_name, company=lead.company,
+                  title=lead.title, sender_name=sender_name)
+    return values
 
 
-def unsubscribe_url(config: SenderConfig, lead: LeadFields) -> str:
-    return f"{config.app_base_url.rstrip('/')}/unsubscribe/{lead.reply_token}"
+_FOOTER_STYLE = '<p style="font-size:12px;color:#666">'
 
 
-# A batch renders one template for hundreds of leads: what depends on the template or sender alone is
-# worked out once, not per email.
-@lru_cache(maxsize=256)
-def _escaped(template_body: str) -> str:
-    return html.escape(template_body)
+@dataclass(frozen=True)
+class _Fixed:
+    """What an email takes from its campaign, template and sender config alone."""
+
+    campaign_id: int
+    sender_name: str | None
+    from_header: str
+    subject: str
+    body: str
+    escaped_body: str
+    postal_text: str  # the postal address closing each body, or ""
+    postal_html: str
+    unsubscribe_base: str  # the lead's reply token completes the link
+    inbound_domain: str
+
+    @classmethod
+    def of(cls, campaign: Campaign, template: Template, config: SenderConfig) -> _Fixed:
+        postal = (campaign.postal_address or "").strip()
+        sender_name, sender_email = campaign.sender_name, campaign.sender_email or config.default_from
+        return cls(
+            campaign_id=campaign.id,
+            sender_name=sender_name,
+            from_header=formataddr((sender_name, sender_email)) if sender_name else sender_email,
+            subject=template.subject,
+            body=template.body,
+            escaped_body=html.escape(template.body),
+            postal_text=f"{postal}\n" if postal else "",
+            postal_html=f'{_FOOTER_STYLE}{html.escape(postal).replace(chr(10), "<br>")}</p>' if postal else "",
+            unsubscribe_base=f"{config.app_base_url.rstrip('/')}/unsubscribe/",
+            inbound_domain=config.inbound_domain,
+        )
 
 
-@lru_cache(maxsize=256)
-def _from_header(sender_name: str | None, sender_email: str) -> str:
-    return formataddr((sender_name, sender_email)) if sender_name else sender_email
+class Composer:
+    """Composes emails for one sender config. A batch renders the same few templates for hundreds of leads,
+    so what depends on the campaign and template alone is read and worked out once per pair."""
+
+    def __init__(self, config: SenderConfig) -> None:
+        self._config = config
+        self._fixed: dict[tuple[int, int], _Fixed] = {}
+
+    def compose(self, job: JobRef, lead: LeadFields, campaign: Campaign, template: Template,
+                parent: ThreadParent | None, extra_values: Mapping[str, str] | None = None) -> OutgoingEmail:
+        """Render a template for one lead; raises MissingFieldError when a field has no value and no fallback.
+
+        `extra_values` are per-lead values that are not lead columns (the generated `ai_opener`).
+        """
+        key = (campaign.id, template.id)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            fixed = self._fixed[key] = _Fixed.of(campaign, template, self._config)
+        return _compose(job, lead, fixed, parent, extra_values)
 
 
 def compose_email(
     job: JobRef, lead: LeadFields, campaign: Campaign, template: Template, config: SenderConfig,
     parent: ThreadParent | None, extra_values: Mapping[str, str] | None = None,
 ) -> OutgoingEmail:
-    """Render a template for one lead; raises MissingFieldError when a field has no value and no fallback.
+    """One email on its own (see Composer.compose)."""
+    return Composer(config).compose(job, lead, campaign, template, parent, extra_values)
 
-    `extra_values` are per-lead values that are not lead columns (the generated `ai_opener`).
-    """
-    values = {**lead_values(lead, campaign), **(extra_values or {})}
+
+def _compose(job: JobRef, lead: LeadFields, fixed: _Fixed, parent: ThreadParent | None,
+             extra_values: Mapping[str, str] | None) -> OutgoingEmail:
+    values = lead_values(lead, fixed.sender_name)
+    if extra_values:
+        values.update(extra_values)
     # A threaded follow-up answers the first email: same subject with "Re:", and its Message-ID.
-    subject = f"Re: {parent.subject}" if parent is not None else render(template.subject, values, header=True)
-    text = render(template.body, values)
-    link = unsubscribe_url(config, lead)
-    postal = (campaign.postal_address or "").strip()
-    text_body = f"{text}\n\n--\nNot interested? Unsubscribe: {link}\n" + (f"{postal}\n" if postal else "")
-    html_body = (
-        "<div>" + render(_escaped(template.body), values, escape_html=True).replace("\n", "<br>\n") + "</div>"
-        f'<p style="font-size:12px;color:#666">Not interested? <a href="{html.escape(link)}">Unsubscribe</a></p>'
-        + (f'<p style="font-size:12px;color:#666">{html.escape(postal).replace(chr(10), "<br>")}</p>' if postal else "")
-    )
-    sender_email = campaign.sender_email or config.default_from
-    headers = {
-        "List-Unsubscribe": f"<{link}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+    subject = f"Re: {parent.subject}" if parent is not None else render(fixed.subject, values, header=True)
+    text = render(fixed.body, values)
+    link = f"{fixed.unsubscribe_base}{lead.reply_token}"
+    html_text = render(fixed.escaped_body, values, escape_html=True).replace("\n", "<br>\n")
+    headers = {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     if parent is not None:
         headers["In-Reply-To"] = parent.message_id_header
         headers["References"] = parent.message_id_header
     return OutgoingEmail(
         to=lead.email,
-        from_email=_from_header(campaign.sender_name, sender_email),
+        from_email=fixed.from_header,
         subject=subject,
-        text_body=text_body,
-        html_body=html_body,
-        reply_to=f"reply+{lead.reply_token}@{config.inbound_domain}",
+        text_body=f"{text}\n\n--\nNot interested? Unsubscribe: {link}\n{fixed.postal_text}",
+        html_body=f'<div>{html_text}</div>{_FOOTER_STYLE}Not interested? <a href="{html.escape(link)}">Unsubscribe</a>'
+                  f"</p>{fixed.postal_html}",
+        reply_to=f"reply+{lead.reply_token}@{fixed.inbound_domain}",
         headers=headers,
-        metadata={"job_id": str(job.id), "campaign_id": str(campaign.id), "step": str(job.step_number)},
-        tag=f"campaign-{campaign.id}",
+        metadata={"job_id": str(job.id), "campaign_id": str(fixed.campaign_id), "step": str(job.step_number)},
+        tag=f"campaign-{fixed.campaign_id}",
     )

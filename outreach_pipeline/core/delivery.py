@@ -27,14 +27,15 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from outreach_pipeline.core.campaigns import complete_finished_campaigns
 from outreach_pipeline.core.claim import claim_due_jobs, defer_closed_windows
-from outreach_pipeline.core.compose import SenderConfig, ThreadParent, compose_email
-from outreach_pipeline.core.jobs import Accepted, among, mark_sent
+from outreach_pipeline.core.compose import Composer, SenderConfig, ThreadParent
+from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.openers import opener_values
 from outreach_pipeline.core.placeholders import AI_OPENER, MissingFieldError, uses_field
 from outreach_pipeline.core.reconcile import reconcile_stale_jobs
 from outreach_pipeline.core.suppression import suppress, suppressed_among
 from outreach_pipeline.core.templates import choose_variant
 from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.dialect import among
 from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus, Template
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.mail.message import (
@@ -189,17 +190,18 @@ def prepare_batch(
     """Re-check each claimed job against its lead, campaign and the suppression list, and compose it."""
     # A batch costs a handful of queries, whatever its size: the jobs with their leads' columns as plain
     # rows, each campaign once, and suppressions, templates, openers and thread parents in one each.
-    jobs: Sequence[JobRow] = session.execute(  # type: ignore[assignment]
+    # Core rows from the connection: the ORM would only add per-row work to read plain columns.
+    jobs: Sequence[JobRow] = session.connection().execute(  # type: ignore[assignment]
         select(*_JOB_COLUMNS).join(Lead, Lead.id == EmailJob.lead_id)
         .where(among(session, EmailJob.id, job_ids)).order_by(EmailJob.id)).all()
     campaigns = {c.id: c for c in session.scalars(select(Campaign).where(
         Campaign.id.in_({job.campaign_id for job in jobs})).options(selectinload(Campaign.steps)))}
     templates: dict[tuple[int, int], list[Template]] = {}
-    for job in jobs:
-        pick_template(session, job, templates)
+    picked = {job.id: pick_template(session, job, templates) for job in jobs}
     openers = _openers(session, jobs, templates)
     suppressed = _suppressed(session, jobs, campaigns)
     parents = _thread_parents(session, jobs, campaigns)
+    composer = Composer(config)
     prepared: list[Prepared] = []
     settled: list[dict[str, Any]] = []
 
@@ -218,14 +220,13 @@ def prepare_batch(
         if (campaign.owner_id, job.email_key) in suppressed:
             settle(job, JobStatus.SKIPPED, "address is suppressed")
             continue
-        template = pick_template(session, job, templates)
+        template = picked[job.id]
         if template is None:
             settle(job, JobStatus.FAILED, f"no template for step {job.step_number}")
             continue
         extra = {AI_OPENER: openers[job.lead_id]} if job.lead_id in openers else {}
         try:
-            email = compose_email(job, job, campaign, template, config, parents.get(job.lead_id),
-                                  extra_values=extra)
+            email = composer.compose(job, job, campaign, template, parents.get(job.lead_id), extra_values=extra)
         except MissingFieldError as error:
             settle(job, JobStatus.FAILED, f"template field missing: {error}")
             continue

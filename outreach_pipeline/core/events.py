@@ -23,11 +23,10 @@ from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.jobs import among
 from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
 from outreach_pipeline.core.suppression import lift_suppression, suppress
 from outreach_pipeline.db.base import utcnow
-from outreach_pipeline.db.dialect import in_list
+from outreach_pipeline.db.dialect import among, in_list
 from outreach_pipeline.db.models import (
     Campaign,
     EmailJob,

@@ -8,6 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from outreach_pipeline.db.dialect import among
 from outreach_pipeline.db.models import Suppression
 
 
@@ -61,5 +62,5 @@ def suppressed_among(session: Session, owner_id: int, emails: Iterable[str]) -> 
     addresses = {email.strip().lower() for email in emails}
     domains = {domain_entry(a.rpartition("@")[2]) for a in addresses if "@" in a}
     entries = set(session.scalars(select(Suppression.email).where(
-        Suppression.owner_id == owner_id, Suppression.email.in_(addresses | domains))))
+        Suppression.owner_id == owner_id, among(session, Suppression.email, sorted(addresses | domains)))))
     return {a for a in addresses if a in entries or domain_entry(a.rpartition("@")[2]) in entries}

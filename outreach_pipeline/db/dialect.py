@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, any_, bindparam
@@ -19,6 +20,14 @@ def insert_ignoring_conflicts(session: Session, model: type[Any], conflict_colum
 
 def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def among(session: Session, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL one array parameter (`= ANY(:values)`): nothing per value to
+    render or bind, and one plan whatever the batch size."""
+    if is_postgresql(session):
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def in_list(column: ColumnElement[Any], name: str, postgresql: bool) -> ColumnElement[bool]:

@@ -8,7 +8,8 @@ from enum import StrEnum
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+# Slots: one of each per email on the send path, so no per-instance dict to build.
+@dataclass(frozen=True, slots=True)
 class OutgoingEmail:
     to: str
     from_email: str  # may carry a display name: "Ada <ada@example.com>"
@@ -28,7 +29,7 @@ class SendOutcome(StrEnum):
     REJECTED = "REJECTED"  # any other per-message refusal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SendResult:
     outcome: SendOutcome
     provider_message_id: str | None = None
