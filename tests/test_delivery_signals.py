@@ -218,6 +218,63 @@ def test_a_batch_of_events_ends_exactly_as_the_same_events_one_by_one(
     assert (statuses[a], statuses[b], statuses[d]) == (LeadStatus.CONTACTED, LeadStatus.REPLIED, LeadStatus.BOUNCED)
 
 
+def _together_and_singly(sessions: sessionmaker[Session], batch: list[tuple[dict[str, Any], str]],
+                         probe: Any) -> tuple[Any, Any]:
+    """(outcomes, probe) for the batch in one call, and for its events one by one with the session cleared
+    between them, as separate webhook requests would find it; both rolled back after."""
+    runs = []
+    for together in (True, False):
+        with sessions() as session:
+            if together:
+                results = handle_postmark_events(session, batch)
+            else:
+                results = []
+                for payload, record_type in batch:
+                    results.append(handle_postmark_event(session, payload, record_type))
+                    session.flush()
+                    session.expunge_all()
+            runs.append(([r.outcome for r in results if isinstance(r, EventResult)], probe(session)))
+            session.rollback()
+    return runs[0], runs[1]
+
+
+def test_in_a_batch_a_lift_and_a_bounce_of_one_address_and_a_reply_before_a_complaint_keep_their_order(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    ((a, _, msg_a),) = _sent(sessions, fake_postmark, 1)
+    ((b, _, msg_b),) = _sent(sessions, fake_postmark, 1)  # another campaign of the owner, the same address
+    with session_scope(sessions) as session:
+        first, second = session.get_one(Lead, a), session.get_one(Lead, b)
+        session.execute(update(Lead).where(Lead.id == b).values(email=first.email, email_key=first.email_key))
+        owner, address, token = first.campaign.owner_id, first.email_key, second.reply_token
+    lift_then_bounce = [
+        (_payload("subscription_change", MessageID=msg_a, SuppressSending=False), "SubscriptionChange"),
+        (_payload("bounce", MessageID=msg_b, ID=77, Type="HardBounce"), "Bounce"),
+    ]
+    together, singly = _together_and_singly(sessions, lift_then_bounce,
+                                            lambda session: is_suppressed(session, owner, address))
+    assert together == singly and together[1] is True  # the bounce's suppression stands
+
+    reply_then_complaint = [
+        ({"RecordType": "Inbound", "MessageID": "reply-1", "MailboxHash": token, "From": address,
+          "Subject": "Re: hello", "Headers": []}, "Inbound"),
+        (_payload("spam_complaint", MessageID=msg_b, ID=78), "SpamComplaint"),
+    ]
+    together, singly = _together_and_singly(sessions, reply_then_complaint, lambda session: session.execute(
+        select(Lead.status, Lead.replied_at.is_not(None)).where(Lead.id == b)).one()._tuple())
+    assert together == singly and together[1] == (LeadStatus.UNSUBSCRIBED, True)  # it replied first
+
+
+def test_an_outcome_too_long_for_its_column_is_cut_not_refused(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    ((_, _, message_id),) = _sent(sessions, fake_postmark, 1)
+    with session_scope(sessions) as session:
+        outcome = handle_postmark_event(session, _payload("bounce", MessageID=message_id, ID=5, Type="X" * 300),
+                                        "Bounce").outcome
+    assert len(outcome) == 200 and outcome.startswith("XXX") and outcome.endswith("…")
+
+
 def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_check(
     provider_settings: Settings, fake_postmark: FakePostmark
 ) -> None:

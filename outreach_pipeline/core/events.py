@@ -6,8 +6,9 @@ concern with everything acting on them needs (`Target`), one insert of the event
 already written (`ON CONFLICT DO NOTHING`: a replay stops there), then the writes of the events that were
 stored, grouped: one update per timestamp column, the leads to stop together (core/stops.py). An outcome
 only the writes can tell (how many jobs were skipped) is predicted from the read and corrected in the rare
-case it differs. Replies, and a second stop signal for a lead already stopping in the batch, are handled
-after the rest, one at a time, so each reads what came before it.
+case it differs. Each event ends as it would handled alone in its order: a reply is handled alone between
+the events before and after it, and a stop signal for a lead or address that another event of the batch
+stops or lifts waits until after the batch, so it reads what came before it.
 """
 
 from __future__ import annotations
@@ -274,31 +275,28 @@ Results = list["EventResult | ValueError | None"]
 
 def _plan(session: Session, events: list[_Event]) -> tuple[list[tuple[_Event, Action]], list[_Event]]:
     """Each event's action, from reads only (nothing is written before the events are stored), and the
-    events to handle later, alone: replies, and stop signals for a lead already stopping in this batch."""
-    alone = len(events) == 1
+    events to handle later, alone: stop signals for a lead or an address another event of the batch stops
+    or lifts, so each reads what the one before it wrote."""
     concerned = [e for e in events if e.message_id and e.record_type in HANDLERS]
     targets = _targets(session, {e.message_id for e in concerned},
                        {e.message_id for e in concerned if e.record_type in MAY_STOP_THE_LEAD})
     planned: list[tuple[_Event, Action]] = []
     later: list[_Event] = []
-    stopping: set[int] = set()
+    claimed: set[tuple[Any, ...]] = set()  # leads and (owner, address) pairs a planned event may change
     for event in events:
         handler = HANDLERS.get(event.record_type)
-        if event.record_type == "Inbound":
-            if not alone:
-                later.append(event)
-                continue
+        target = targets.get(event.message_id) if handler is not None else None
+        if event.record_type == "Inbound":  # only ever alone (handle_postmark_events)
             action = _on_inbound(session, event.payload)
         elif handler is None:
             action = Action(f"{event.record_type} recorded")
         else:
-            may_stop = event.record_type in MAY_STOP_THE_LEAD
-            target = targets.get(event.message_id)
-            if may_stop and target is not None:
-                if target.lead_id in stopping:
+            if event.record_type in MAY_STOP_THE_LEAD and target is not None:
+                claims = {("lead", target.lead_id), ("address", target.owner_id, target.email_key)}
+                if claims & claimed:
                     later.append(event)
                     continue
-                stopping.add(target.lead_id)
+                claimed |= claims
             action = handler(event.payload, target)
         planned.append((event, action))
     return planned, later
@@ -316,9 +314,10 @@ def _store(session: Session, planned: list[tuple[_Event, Action]], results: Resu
             results[event.index] = EventResult(None, True, "already processed")
         else:
             first[(event.record_type, event.key)] = (event, action)
+    # In key order: two writers inserting the same (retried) events take the unique index's locks in one order.
     rows = [{"record_type": event.record_type, "provider_id": event.key, "payload": event.payload,
-             "job_id": action.job_id, "lead_id": action.lead_id, "outcome": action.outcome}
-            for event, action in first.values()]
+             "job_id": action.job_id, "lead_id": action.lead_id, "outcome": _fitted(action.outcome)}
+            for _, (event, action) in sorted(first.items())]
     stored = {(row.record_type, row.provider_id): row.id for row in _insert_events(session, rows, now)}
     kept: Stored = []
     for event_key, (event, action) in first.items():
@@ -326,9 +325,17 @@ def _store(session: Session, planned: list[tuple[_Event, Action]], results: Resu
         if event_id is None:
             results[event.index] = EventResult(None, True, "already processed")
         else:
-            results[event.index] = EventResult(event_id, False, action.outcome)
+            results[event.index] = EventResult(event_id, False, _fitted(action.outcome))
             kept.append((event_id, event, action))
     return kept
+
+
+_OUTCOME_WIDTH = _EVENTS.c.outcome.type.length
+
+
+def _fitted(outcome: str) -> str:
+    """An outcome cut to its column: a long bounce Type in it must not fail the event (and every retry)."""
+    return outcome if len(outcome) <= _OUTCOME_WIDTH else outcome[:_OUTCOME_WIDTH - 1] + "…"
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]], now: datetime) -> Sequence[Any]:
@@ -350,7 +357,8 @@ def _act(session: Session, stored: Stored, results: Results) -> None:
         if action.stamp is not None and action.job_id is not None:
             stamps.setdefault(action.stamp, set()).add(action.job_id)
     for column, job_ids in stamps.items():
-        # In id order, as every batch writer does: concurrent ones wait for each other rather than deadlock.
+        # Each statement locks its rows in id order. Two writers stamping the same jobs in different columns
+        # can still deadlock; PostgreSQL then fails one batch, which is applied again event by event.
         session.connection().execute(update(_JOBS).where(among(session, _JOBS.c.id, sorted(job_ids)),
                                                          _JOBS.c[column].is_(None)).values({column: now}))
     skipped = stop_leads(session, [action.stop for _, _, action in stored if action.stop is not None])
@@ -361,31 +369,43 @@ def _act(session: Session, stored: Stored, results: Results) -> None:
         if action.apply is not None:
             corrected = action.apply(session) or corrected
         if corrected is not None and corrected != action.outcome:
+            corrected = _fitted(corrected)
             session.execute(update(WebhookEvent).where(WebhookEvent.id == event_id).values(outcome=corrected))
             results[event.index] = EventResult(event_id, False, corrected)
 
 
-def _handle(session: Session, events: list[_Event], results: Results) -> list[_Event]:
+def _handle(session: Session, events: list[_Event], results: Results) -> None:
+    """The events together, then the ones planning put off, each alone."""
     planned, later = _plan(session, events)
     _act(session, _store(session, planned, results), results)
-    return later
+    for event in later:
+        _handle(session, [event], results)
 
 
 def handle_postmark_events(
     session: Session, events: Sequence[tuple[dict[str, Any], str]]
 ) -> list[EventResult | ValueError]:
     """Store and act on several events (payload, default record type) in the caller's transaction; each
-    gets the result it would get alone, or its ValueError when the payload is not an event."""
+    gets the result it would get handled alone in that order, or its ValueError when the payload is not an
+    event. A reply reads what the events before it did, so it is handled alone, between the others."""
     results: Results = [None] * len(events)
-    keyed: list[_Event] = []
+    together: list[_Event] = []
     for index, (payload, default_type) in enumerate(events):
         record_type = record_type_of(payload, default_type)
         try:
-            keyed.append(_Event(index, record_type, _event_key(record_type, payload), payload))
+            event = _Event(index, record_type, _event_key(record_type, payload), payload)
         except ValueError as error:
             results[index] = error
-    for event in _handle(session, keyed, results):
-        _handle(session, [event], results)
+            continue
+        if record_type == "Inbound":
+            if together:
+                _handle(session, together, results)
+            together = []
+            _handle(session, [event], results)
+        else:
+            together.append(event)
+    if together:
+        _handle(session, together, results)
     log.debug("postmark events", extra={"events": len(events)})
     return [result for result in results if result is not None]
 

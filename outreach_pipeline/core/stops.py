@@ -56,7 +56,7 @@ def skip_pending_jobs(session: Session, lead_ids: Sequence[int], reason: str) ->
         return Counter()
     connection = session.connection()
     _, skip = _STATEMENTS[connection.dialect.name]
-    # In id order, as every writer does: concurrent ones lock rows in one order, so they wait, not deadlock.
+    # In id order: two writers skipping jobs of the same leads lock them in one order and wait for each other.
     return Counter(connection.execute(skip, {"lead_ids": sorted(set(lead_ids)), "reason": reason}).scalars())
 
 

@@ -59,11 +59,13 @@ def _sqlite() -> list[str]:
 
 
 def upgrade() -> None:
+    postgres = op.get_bind().dialect.name == 'postgresql'
+    if postgres:  # no opener written between the count below and the triggers: it would be missed for good
+        op.execute("LOCK TABLE lead_openers IN SHARE ROW EXCLUSIVE MODE")
     # What is already there is counted once, then the triggers keep the counts.
     for kind, column in TOKENS:
         op.execute(f"INSERT INTO campaign_counts ({COLUMNS}) SELECT campaign_id, '{kind}', 0, 0, '', false, "
                    f"sum({column}) FROM lead_openers GROUP BY campaign_id HAVING sum({column}) <> 0")
-    postgres = op.get_bind().dialect.name == 'postgresql'
     for statement in _postgres() if postgres else _sqlite():
         op.execute(statement)
 
