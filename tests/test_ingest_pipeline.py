@@ -209,6 +209,18 @@ def test_a_crash_in_the_middle_of_an_import_stores_nothing_and_a_rerun_stores_ea
         "line,email,reason", "3002,LEAD7@crash.example,duplicate in file"]
 
 
+def test_repeats_are_found_across_many_chunks(sessions: sessionmaker[Session], campaign_id: int) -> None:
+    """Addresses of earlier chunks are kept as hashes in sorted runs, merged now and then: a repeat is
+    found whichever run holds the first one."""
+    rows = [f"lead{n}@many.example" for n in range(2000)]
+    repeats = [rows[n].upper() for n in (0, 150, 999, 1990)] + ["lead5@MANY.example"]
+    data = ("email\n" + "\n".join(rows[:1000] + repeats[:2] + rows[1000:] + repeats[2:]) + "\n").encode()
+    with session_scope(sessions) as session:
+        report = import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "bucket:many",
+                                  chunk_rows=100)  # 21 chunks: several merges of the runs
+    assert (report.rows_read, report.stored, dict(report.reasons)) == (2005, 2000, {"duplicate in file": 5})
+
+
 def test_an_address_both_in_the_campaign_and_suppressed_is_reported_as_suppressed(
     sessions: sessionmaker[Session], campaign_id: int
 ) -> None:
