@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +48,14 @@ class StoreResult:
     refused: list[tuple[int, str, str]]  # (line, email, reason)
 
 
+@dataclass(frozen=True)
+class PreparedRows:
+    """Checked rows, with whatever a store works out for them before it needs the database."""
+
+    rows: pd.DataFrame
+    table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
+
+
 def reply_tokens(import_id: int, lines: Iterable[int]) -> list[str]:
     """One token per line, 32 hex characters: the import and the line (8 each), then 64 random bits that
     make it unguessable. The ordered prefix makes an import's tokens ascend, so the unique index takes them
@@ -62,7 +71,11 @@ _HEX8 = 0xFFFFFFFF
 
 
 class LeadStore(Protocol):
-    def store(self, rows: pd.DataFrame) -> StoreResult: ...
+    def prepare(self, rows: pd.DataFrame) -> PreparedRows:
+        """Work that needs no database, so it can run a chunk ahead, on the reading thread."""
+        ...
+
+    def store(self, prepared: PreparedRows) -> StoreResult: ...
 
 
 def lead_store_for(session: Session, target: StoreTarget) -> LeadStore:
@@ -77,16 +90,25 @@ def custom_columns(rows: pd.DataFrame) -> list[str]:
     return [c for c in rows.columns if c not in STANDARD_FIELDS and c != "email_key"]
 
 
+def refusals(rows: pd.DataFrame, existing: set[str], suppressed: set[str]
+             ) -> tuple[np.ndarray | None, list[tuple[int, str, str]]]:
+    """Which rows are refused (a mask, None when none is) and why, as (line, email, reason). Suppression wins
+    over a duplicate: the address must never be mailed, whichever campaign holds it."""
+    if not existing and not suppressed:
+        return None, []
+    hit = rows["email_key"].isin(existing | suppressed).to_numpy(dtype=bool)
+    if not hit.any():
+        return None, []
+    refused = [(int(line), email, SUPPRESSED if key in suppressed else ALREADY_IN_CAMPAIGN)
+               for line, email, key in zip(rows.index[hit], rows["email"][hit], rows["email_key"][hit], strict=True)]
+    return hit, refused
+
+
 def split_refused(rows: pd.DataFrame, existing: set[str], suppressed: set[str]
                   ) -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
-    """The rows that may land, and the others as (line, email, reason). Suppression wins over a duplicate:
-    the address must never be mailed, whichever campaign holds it."""
-    refused = [
-        (int(line), email, SUPPRESSED if key in suppressed else ALREADY_IN_CAMPAIGN)
-        for line, email, key in zip(rows.index, rows["email"], rows["email_key"], strict=True)
-        if key in existing or key in suppressed
-    ]
-    return (rows[~rows["email_key"].isin(existing | suppressed)] if refused else rows), refused
+    """The rows that may land, and the others as (line, email, reason)."""
+    hit, refused = refusals(rows, existing, suppressed)
+    return (rows if hit is None else rows[~hit]), refused
 
 
 # --- SQLite (and any database): look up, then executemany -------------------------------------------------
@@ -108,7 +130,11 @@ class PortableLeadStore:
             found.update(self.session.scalars(select(column).where(scope, column.in_(batch))))
         return found
 
-    def store(self, rows: pd.DataFrame) -> StoreResult:
+    def prepare(self, rows: pd.DataFrame) -> PreparedRows:
+        return PreparedRows(rows)
+
+    def store(self, prepared: PreparedRows) -> StoreResult:
+        rows = prepared.rows
         keys = list(rows["email_key"])
         existing = self._found(Lead.email_key, Lead.campaign_id == self.target.campaign_id, keys)
         suppressed = self._found(Suppression.email, Suppression.owner_id == self.target.owner_id, keys)
@@ -204,7 +230,12 @@ class PostgresLeadStore:
                     if self.campaign_had_leads else set())
         return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
 
-    def _csv(self, rows: pd.DataFrame) -> memoryview:
+    def prepare(self, rows: pd.DataFrame) -> PreparedRows:
+        """Every row as it would be COPYed, built on the reading thread while the previous chunk is stored:
+        the few rows the lookups then refuse are filtered out of it."""
+        return PreparedRows(rows, self._table(rows))
+
+    def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)
         columns = {
             "campaign_id": pa.repeat(pa.scalar(self.target.campaign_id, pa.int64()), n),
@@ -216,21 +247,24 @@ class PostgresLeadStore:
             "import_id": pa.repeat(pa.scalar(self.target.import_id, pa.int64()), n),
             "created_at": pa.repeat(pa.scalar(self.target.now.isoformat()), n),
         }
-        table = pa.table([columns[c] for c in _LEAD_COLUMNS], names=list(_LEAD_COLUMNS))
-        buffer = io.BytesIO()
-        # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
-        pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-        return buffer.getbuffer()
+        return pa.table([columns[c] for c in _LEAD_COLUMNS], names=list(_LEAD_COLUMNS))
 
-    def store(self, rows: pd.DataFrame) -> StoreResult:
-        landing, refused = split_refused(rows, *self._looked_up(rows))
-        if len(landing):
+    def store(self, prepared: PreparedRows) -> StoreResult:
+        rows, table = prepared.rows, prepared.table
+        assert table is not None, "prepared by another store"
+        hit, refused = refusals(rows, *self._looked_up(rows))
+        if hit is not None:
+            table = table.filter(pa.array(~hit))
+        if table.num_rows:
+            buffer = io.BytesIO()
+            # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
+            pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
             driver = self.session.connection().connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
                 f"COPY leads ({', '.join(_LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
             ) as copy:
-                copy.write(self._csv(landing))
-        return StoreResult(len(landing), refused)
+                copy.write(buffer.getbuffer())
+        return StoreResult(table.num_rows, refused)
 
 
 _IN_CAMPAIGN = text("SELECT email_key FROM leads WHERE campaign_id = :campaign_id "

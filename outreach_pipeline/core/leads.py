@@ -33,7 +33,7 @@ from outreach_pipeline.core.lead_schema import (
     canonical_header,
     failure_reasons,
 )
-from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for
+from outreach_pipeline.core.lead_store import PreparedRows, StoreTarget, lead_store_for
 from outreach_pipeline.core.prefetch import prefetched
 from outreach_pipeline.core.rejects import LocalRejects, RejectsTarget, RejectsWriter, spreadsheet_safe
 from outreach_pipeline.db.base import utcnow
@@ -266,9 +266,13 @@ class _LeadWriter:
         self.rejects = rejects
         self.store = lead_store_for(session, StoreTarget(campaign.id, campaign.owner_id, lead_import.id, now))
 
-    def add(self, checked: _Checked) -> None:
+    def prepare(self, checked: _Checked) -> tuple[_Checked, PreparedRows]:
+        """What needs no database: runs on the reading thread, a chunk ahead of `add`."""
+        return checked, self.store.prepare(checked.fresh)
+
+    def add(self, checked: _Checked, prepared: PreparedRows) -> None:
         self.report.rows_read += checked.rows_read
-        result = self.store.store(checked.fresh)
+        result = self.store.store(prepared)
         self.report.stored += result.stored
         self._refuse(checked.refused + result.refused)
 
@@ -317,9 +321,10 @@ def _run_import(
         writer = _LeadWriter(session, campaign, lead_import, report_file, now)
         checker = _RowChecker()
         # closing(): a store error ends the reading thread now, not when the generator is collected.
-        with closing(prefetched((checker.check(batch) for batch in batches), name="lead-rows")) as checked_batches:
-            for checked in checked_batches:
-                writer.add(checked)
+        ahead = (writer.prepare(checker.check(batch)) for batch in batches)
+        with closing(prefetched(ahead, name="lead-rows")) as checked_batches:
+            for checked, prepared in checked_batches:
+                writer.add(checked, prepared)
         if writer.report.rows_read == 0:
             raise InvalidInputError("The file has a header but no rows.")
         report = writer.report
