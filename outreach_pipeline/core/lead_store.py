@@ -54,6 +54,7 @@ class PreparedRows:
 
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
+    csv: memoryview | None = None  # and the COPY's data for all of them
 
 
 def reply_tokens(import_id: int, lines: Iterable[int]) -> list[str]:
@@ -197,6 +198,13 @@ def custom_fields_json(rows: pd.DataFrame, custom: list[str]) -> pa.Array:
     return pc.binary_join_element_wise(_text("{"), pc.utf8_slice_codeunits(joined, 1), _text("}"), _text(""))
 
 
+def _copy_data(table: pa.Table) -> memoryview:
+    buffer = io.BytesIO()
+    # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    return buffer.getbuffer()
+
+
 def _text(value: str) -> pa.Scalar:
     return pa.scalar(value, pa.large_string())
 
@@ -231,9 +239,10 @@ class PostgresLeadStore:
         return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
 
     def prepare(self, rows: pd.DataFrame) -> PreparedRows:
-        """Every row as it would be COPYed, built on the reading thread while the previous chunk is stored:
-        the few rows the lookups then refuse are filtered out of it."""
-        return PreparedRows(rows, self._table(rows))
+        """Every row as it would be COPYed, and the COPY's data, built on the reading thread while the
+        previous chunk is stored; when the lookups refuse some rows, the data is written again without them."""
+        table = self._table(rows)
+        return PreparedRows(rows, table, _copy_data(table))
 
     def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)
@@ -250,20 +259,18 @@ class PostgresLeadStore:
         return pa.table([columns[c] for c in _LEAD_COLUMNS], names=list(_LEAD_COLUMNS))
 
     def store(self, prepared: PreparedRows) -> StoreResult:
-        rows, table = prepared.rows, prepared.table
-        assert table is not None, "prepared by another store"
+        rows, table, data = prepared.rows, prepared.table, prepared.csv
+        assert table is not None and data is not None, "prepared by another store"
         hit, refused = refusals(rows, *self._looked_up(rows))
         if hit is not None:
             table = table.filter(pa.array(~hit))
+            data = _copy_data(table)
         if table.num_rows:
-            buffer = io.BytesIO()
-            # Every value quoted: an unquoted empty cell is NULL to COPY, and a bare `\.` would end the data.
-            pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
             driver = self.session.connection().connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
                 f"COPY leads ({', '.join(_LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
             ) as copy:
-                copy.write(buffer.getbuffer())
+                copy.write(data)
         return StoreResult(table.num_rows, refused)
 
 
