@@ -21,13 +21,10 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/python -m outreach_pipeline.db.migrate
 
-# Dagster UI and daemon on :3000, the API on :8000; Ctrl-C stops both.
+# Dagster UI and daemon on :3000, the API on :8000; Ctrl-C stops both (outreach_pipeline/run_product.py).
 run: migrate
 	@echo "Dagster UI: http://localhost:3000   API: http://localhost:8000/schema   Outbox: data/outbox/"
-	@trap 'kill 0' INT TERM; \
-	$(BIN)/dagster dev -w workspace.yaml -p 3000 & \
-	$(BIN)/uvicorn outreach_api.app:app --port 8000 & \
-	wait
+	@$(BIN)/python -m outreach_pipeline.run_product
 
 test: install
 	$(BIN)/python -m pytest
