@@ -15,7 +15,6 @@ Targets: ratio_vs_copy <= 2.0 and peak memory < 600 MB. Not collected by pytest 
 from __future__ import annotations
 
 import argparse
-import os
 import multiprocessing
 import random
 import resource
@@ -37,6 +36,7 @@ from outreach_pipeline.core.leads import import_leads_csv  # noqa: E402
 from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
+from tests.bench.cpu_time import cpu_seconds  # noqa: E402
 
 HEADER = ("First Name,Last Name,Title,Company,Email,Email Status,Seniority,Departments,"
           "Person Linkedin Url,Website,City,State,Country\n")
@@ -106,13 +106,13 @@ def _ingest(url: str, path: str, rejects: str, answer: multiprocessing.connectio
     with session_scope(sessions) as session:
         campaign = session.get_one(type(campaign), campaign_id)
         backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        database_cpu, python_cpu = _cpu_seconds(backend), _own_cpu_seconds()
+        database_cpu, python_cpu = cpu_seconds(backend), _own_cpu_seconds()
         started = time.perf_counter()
         with open(path, "rb") as stream:
             report = import_leads_csv(session, campaign, stream, source="bench", rejects_path=Path(rejects))
         seconds = time.perf_counter() - started
         # Where the time went: this process (reading, checking, the COPY's client side) and its backend.
-        python_cpu, database_cpu = _own_cpu_seconds() - python_cpu, _cpu_seconds(backend) - database_cpu
+        python_cpu, database_cpu = _own_cpu_seconds() - python_cpu, cpu_seconds(backend) - database_cpu
     engine.dispose()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     answer.send({"seconds": seconds, "peak_mb": peak_mb, "rows_read": report.rows_read, "stored": report.stored,
@@ -123,15 +123,6 @@ def _ingest(url: str, path: str, rejects: str, answer: multiprocessing.connectio
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds of a local process, from /proc (0 where there is none, as off Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def full_ingestion(url: str, path: Path, rejects: Path) -> dict[str, object]:

@@ -47,6 +47,7 @@ from outreach_pipeline.db.models import (  # noqa: E402
     Campaign, CampaignStatus, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, User, WebhookEvent,
 )
 from outreach_pipeline.db.session import create_db_engine  # noqa: E402
+from tests.bench.cpu_time import cpu_seconds  # noqa: E402
 
 PASSWORD = "bench-hook-secret"
 BOUNCE_SHARE = 0.2
@@ -242,14 +243,6 @@ def start_server(database_url: str, port: int, workers: int, data_dir: Path) -> 
     raise RuntimeError("uvicorn did not start")
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:  # gone, or not Linux
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 class ServerCpu:
     """CPU seconds used by uvicorn with its workers, and by the PostgreSQL backends of the bench's database
     (read from /proc; backends that appear during a load count from their start)."""
@@ -269,8 +262,8 @@ class ServerCpu:
 
     def _read(self) -> dict[tuple[str, int], float]:
         app, database = self._pids()
-        return {**{("app", pid): _cpu_seconds(pid) for pid in app},
-                **{("database", pid): _cpu_seconds(pid) for pid in database}}
+        return {**{("app", pid): cpu_seconds(pid) for pid in app},
+                **{("database", pid): cpu_seconds(pid) for pid in database}}
 
     def since_last(self) -> dict[str, float]:
         now = self._read()
