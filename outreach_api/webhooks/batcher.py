@@ -2,11 +2,11 @@
 
 Postmark posts events one per request, and under load most of a request's cost was its own transaction:
 checkout, BEGIN, COMMIT with its disk flush, checkin. Here one writer thread per process takes whatever
-events are waiting (up to `max_batch`) and applies them in one transaction (core/events.py's
-`handle_postmark_events`, where deliveries, opens and clicks also share their statements). A request is answered only after the transaction holding its event has committed,
-so an acknowledged event is never lost. When a batch fails in the database (a value PostgreSQL refuses,
-a deadlock with the other process), it is rolled back and its events are applied again one by one, so
-one bad event cannot fail the others.
+events are waiting (up to `max_batch`) and applies them in one transaction, with shared statements
+(core/events.py's `handle_postmark_events`). A request is answered only after the transaction holding its
+event has committed, so an acknowledged event is never lost. When a batch fails in the database (a value
+PostgreSQL refuses, a deadlock with the other process), it is rolled back and its events are applied again
+one by one, so one bad event cannot fail the others.
 """
 
 from __future__ import annotations
