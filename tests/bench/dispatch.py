@@ -32,21 +32,18 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign, launch_campaign  # noqa: E402
 from outreach_pipeline.core.compose import SenderConfig  # noqa: E402
 from outreach_pipeline.core.delivery import SendPolicy, dispatch_due  # noqa: E402
 from outreach_pipeline.core.templates import TemplateInput, save_template  # noqa: E402
-from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
 from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
+from tests.bench.scratch_db import scratch_database  # noqa: E402
 
 TOKEN = "bench-token"
 CONFIG = SenderConfig("team@sender.example", "inbound.sender.example", "https://outreach.example")
@@ -168,21 +165,13 @@ def main() -> None:
     fake = RemoteFake(_serve)
     try:
         for latency, concurrency in zip(args.latency, args.concurrency, strict=True):
-            name = f"outreach_bench_{secrets.token_hex(4)}"
-            with psycopg.connect(args.server_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            url = make_url(args.server_url).set(database=name).render_as_string(hide_password=False)
-            try:
-                upgrade_database(url)
+            with scratch_database(args.server_url) as url:
                 fake.ask(f"latency {latency}")
                 fake.ask("reset")
                 bare = ceiling(fake.url, args.jobs, concurrency)
                 fake.ask("reset")
                 ours = dispatch(url, fake, args.jobs, concurrency)
                 counted = fake.ask("count")
-            finally:
-                with psycopg.connect(args.server_url, autocommit=True) as admin:
-                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             print(f"jobs={args.jobs} latency_s={latency} concurrency={concurrency}")
             print(f"ceiling_emails_per_s={bare:,.0f} dispatch_emails_per_s={ours:,.0f} "
                   f"ratio_vs_ceiling={ours / bare:.2f} messages_at_fake={counted['messages']} "

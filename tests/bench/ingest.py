@@ -29,14 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign  # noqa: E402
 from outreach_pipeline.core.leads import import_leads_csv  # noqa: E402
-from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from tests.bench.cpu_time import cpu_seconds  # noqa: E402
+from tests.bench.scratch_db import scratch_database  # noqa: E402
 
 HEADER = ("First Name,Last Name,Title,Company,Email,Email Status,Seniority,Departments,"
           "Person Linkedin Url,Website,City,State,Country\n")
@@ -142,23 +141,14 @@ def main() -> None:
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
-    name = f"outreach_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(args.server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(args.server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_database(url)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "leads.csv"
-            started = time.perf_counter()
-            write_leads_csv(path, args.rows)
-            print(f"rows={args.rows} file_mb={path.stat().st_size / 1e6:.1f} "
-                  f"generated_in_s={time.perf_counter() - started:.1f}")
-            floor = copy_floor(url, path)
-            ours = full_ingestion(url, path, Path(folder) / "leads.rejects.csv")
-    finally:
-        with psycopg.connect(args.server_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(args.server_url) as url, tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "leads.csv"
+        started = time.perf_counter()
+        write_leads_csv(path, args.rows)
+        print(f"rows={args.rows} file_mb={path.stat().st_size / 1e6:.1f} "
+              f"generated_in_s={time.perf_counter() - started:.1f}")
+        floor = copy_floor(url, path)
+        ours = full_ingestion(url, path, Path(folder) / "leads.rejects.csv")
 
     seconds = float(ours["seconds"])  # type: ignore[arg-type]
     print(f"copy_s={floor:.2f} copy_rows_per_s={args.rows / floor:,.0f}")

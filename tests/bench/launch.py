@@ -20,41 +20,22 @@ import argparse
 import secrets
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign, launch_campaign  # noqa: E402
 from outreach_pipeline.core.templates import TemplateInput, save_template  # noqa: E402
-from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import Campaign, User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
+from tests.bench.scratch_db import scratch_database  # noqa: E402
 
 BARE_INSERT_SELECT = text(
     "INSERT INTO email_jobs (campaign_id, lead_id, step_number, due_at, status, attempts, created_at) "
     "SELECT :c, id, 1, now(), 'PENDING', 0, now() FROM leads WHERE campaign_id = :c")
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    name = f"outreach_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        upgrade_database(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def insert_leads(session: Session, campaign_id: int, count: int) -> None:
@@ -112,7 +93,7 @@ def main() -> None:
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
-    with fresh_database(args.server_url) as url:
+    with scratch_database(args.server_url) as url:
         sessions = make_session_factory(create_db_engine(url))
         first, second, third = (ready_campaign(sessions, args.leads) for _ in range(3))
         floor_before = time_bare_insert(sessions, first)

@@ -20,22 +20,18 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from litestar.testing import TestClient  # noqa: E402
-from psycopg import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from outreach_api.app import create_app  # noqa: E402
-from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine  # noqa: E402
 from tests.fixtures import latest_outbox_token, make_settings, sign_in  # noqa: E402
+from tests.bench.scratch_db import scratch_database  # noqa: E402
 
 TARGET_MS = 50.0
 
@@ -79,20 +75,6 @@ RECOUNT = [
        GROUP BY step_number, template_id, status""",
     "SELECT count(*) FROM email_jobs WHERE campaign_id = :campaign AND delivered_at IS NOT NULL",
 ]
-
-
-def fresh_database(server_url: str) -> str:
-    name = f"bench_stats_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return make_url(server_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-
-
-def drop_database(server_url: str, database_url: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(make_url(database_url).database)))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -142,10 +124,8 @@ def main() -> None:
                                                                "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
 
-    database_url = fresh_database(args.server_url)
     folder = Path(tempfile.mkdtemp(prefix="bench-stats-"))
-    try:
-        upgrade_database(database_url)
+    with scratch_database(args.server_url, "bench_stats") as database_url:
         settings = make_settings(folder, database_url)
         with TestClient(create_app(settings)) as client:
             assert settings.outbox_dir is not None
@@ -175,8 +155,6 @@ def main() -> None:
         print(f"plain GROUP BY recount of the same campaign (the stats before counters): "
               f"p50_ms={recount_ms(database_url, campaign):.0f}")
         print(f"target p99 < {TARGET_MS:.0f} ms: {'met' if p99 < TARGET_MS else 'NOT met'}")
-    finally:
-        drop_database(args.server_url, database_url)
 
 
 if __name__ == "__main__":

@@ -37,17 +37,16 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 from litestar import Litestar, get  # noqa: E402
-from psycopg import sql  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from outreach_api.app import create_app  # noqa: E402
-from outreach_pipeline.db.migrate import upgrade_database  # noqa: E402
 from outreach_pipeline.db.models import (  # noqa: E402
     Campaign, CampaignStatus, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, User, WebhookEvent,
 )
 from outreach_pipeline.db.session import create_db_engine  # noqa: E402
 from tests.bench.cpu_time import cpu_seconds  # noqa: E402
+from tests.bench.scratch_db import scratch_database  # noqa: E402
 
 PASSWORD = "bench-hook-secret"
 BOUNCE_SHARE = 0.2
@@ -66,20 +65,6 @@ def bench_app() -> Litestar:
 
 
 # --- the database ------------------------------------------------------------------------------
-
-
-def fresh_database(server_url: str) -> str:
-    name = f"bench_webhooks_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(server_url).set(drivername="postgresql+psycopg", database=name)
-    return url.render_as_string(hide_password=False)
-
-
-def drop_database(server_url: str, database_url: str) -> None:
-    name = make_url(database_url).database
-    with psycopg.connect(server_url, autocommit=True) as connection:
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def seed(database_url: str, jobs: int) -> list[str]:
@@ -293,15 +278,17 @@ def main() -> None:
                                                                "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
 
-    database_url = fresh_database(args.server_url)
-    server: subprocess.Popen[bytes] | None = None
+    with scratch_database(args.server_url, "bench_webhooks") as database_url:
+        run(args, database_url)
+
+
+def run(args: argparse.Namespace, database_url: str) -> None:
+    started = time.perf_counter()
+    events = payloads(seed(database_url, args.max_events))
+    print(f"seeded {len(events)} sent emails in {time.perf_counter() - started:.1f}s")
+    port = free_port()
+    server = start_server(database_url, port, args.workers, Path(f"/tmp/bench-webhooks-{port}"))
     try:
-        upgrade_database(database_url)
-        started = time.perf_counter()
-        events = payloads(seed(database_url, args.max_events))
-        print(f"seeded {len(events)} sent emails in {time.perf_counter() - started:.1f}s")
-        port = free_port()
-        server = start_server(database_url, port, args.workers, Path(f"/tmp/bench-webhooks-{port}"))
         asyncio.run(load(port, None, 2, args.connections))  # warm-up: connections, pools, imports
         cpu = ServerCpu(server, database_url)
         tally, elapsed = asyncio.run(load(port, events, args.seconds, args.connections))
@@ -314,10 +301,8 @@ def main() -> None:
                          cpu.since_last())
         print(f"ratio_vs_ceiling={rate / ceiling:.2f}")
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        drop_database(args.server_url, database_url)
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":
