@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.db.dialect import among
+from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts
 from outreach_pipeline.db.models import Suppression
 
 
 def domain_entry(domain: str) -> str:
     """How a whole domain is kept on the list: `@example.com` (no address can equal it)."""
     return "@" + domain.strip().lower().lstrip("@")
-
-
-_ADD = {name: insert(Suppression.__table__).on_conflict_do_nothing(index_elements=["owner_id", "email"])
-        for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
 
 
 def suppress(session: Session, owner_id: int, email: str, reason: str) -> None:
@@ -33,7 +28,8 @@ def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> 
     rows = sorted(first.items())  # in key order: concurrent writers take the index's locks in one order
     if rows:
         # Core rows, not ORM objects: the batch of webhook events that stops leads runs this once for all.
-        session.connection().execute(_ADD[session.get_bind().dialect.name], [
+        statement = insert_ignoring_conflicts(session, Suppression.__table__, ["owner_id", "email"])
+        session.connection().execute(statement, [
             {"owner_id": owner_id, "email": email, "reason": reason} for (owner_id, email), reason in rows])
 
 

@@ -334,8 +334,9 @@ class CampaignCount(Base):
 
     Written only by database triggers on `leads` and `email_jobs` (migration 0007) and `lead_openers`
     (migration 0010): statement-level with transition tables on PostgreSQL (one aggregated insert per
-    statement, so concurrent senders never wait on a shared counter row), per row on SQLite. A count is the sum of `n` over its key;
-    `core/campaigns.py` folds a campaign's rows into one per key when it reads them.
+    statement, so concurrent senders never wait on a shared counter row), per row on SQLite. A count is
+    the sum of `n` over its key; `core/campaigns.py` folds a campaign's rows into one per key when it
+    reads them.
     """
 
     __tablename__ = "campaign_counts"
