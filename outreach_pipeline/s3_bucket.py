@@ -54,6 +54,9 @@ class S3Rejects:
         finally:
             written.unlink(missing_ok=True)
 
+    def remove(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)  # no error when there is none
+
 
 class S3Bucket:
     def __init__(self, url: str, endpoint_url: str | None = None, client: Any = None) -> None:

@@ -285,6 +285,41 @@ def test_every_row_is_stored_or_rejected_with_its_reason(door: Door) -> None:
     assert leads["ok.two@iota.example"]["custom_fields"] == {"plan": "multi\nline\tplan"}
 
 
+def test_spreadsheet_leftovers_and_odd_cells_each_end_somewhere(door: Door) -> None:
+    """Rows of empty cells are skipped, a second spelling of a field and an unnamed last column keep their
+    data as custom fields, and a cell too long or a name holding an invisible line break rejects its row only."""
+    cid = door.campaign()
+    note = "n" * 150_000  # over what the reader once refused outright, failing the whole file
+    data = ("Email,Work Email,Company,Organization,First Name,\n"
+            "ann@acme.example,ann.w@acme.example,Acme,Acme Holdings,Ann,VIP\n"
+            ",,,,,\n"
+            "bob@beta.example,,Beta,,Bo\u0085b,\n"
+            f"cy@gamma.example,,Gamma,,Cy,{note}\n"
+            "dee@delta.example,,Delta,,De\u2028e,\n"
+            ",,,,,\n").encode()
+
+    outcome = door.send(cid, _name("leftovers"), data)
+
+    assert outcome.counts == {"rows_read": 4, "stored": 1, "rejected": 3, "rejected_by_reason": {
+        "control characters: first_name": 2, "too long: a custom field over 10,000 characters": 1}}
+    assert outcome.rejects == [["line", "email", "reason"],
+                               ["4", "bob@beta.example", "control characters: first_name"],
+                               ["5", "cy@gamma.example", "too long: a custom field over 10,000 characters"],
+                               ["6", "dee@delta.example", "control characters: first_name"]]
+    (ann,) = door.leads(cid).values()
+    assert (ann["email"], ann["company"], ann["first_name"]) == ("ann@acme.example", "Acme", "Ann")
+    assert ann["custom_fields"] == {"work_email": "ann.w@acme.example", "organization": "Acme Holdings",
+                                    "column_6": "VIP"}
+
+
+def test_a_file_of_only_empty_rows_has_no_rows(door: Door) -> None:
+    cid = door.campaign()
+
+    outcome = door.send(cid, _name("empty-rows"), b"Email,First Name,Company\n,,\n , ,\n,,\n")
+
+    assert outcome.error == "The file has a header but no rows."
+
+
 def test_a_file_whose_every_row_is_refused_is_reported_not_crashed(door: Door) -> None:
     cid = door.campaign()
 
@@ -309,6 +344,10 @@ NOT_LEAD_FILES = {
     "binary": (PNG, "This is not a CSV file (it contains binary data)."),
     "no-email-column": ("First Name,Company\nAda,Acme\n".encode(), NO_EMAIL_COLUMN),
     "header-only": (b"\xef\xbb\xbfEmail,First Name\r\n\r\n", "The file has a header but no rows."),
+    # Every line after the quote would be that cell's text: failing says so instead of storing "Bob" alone.
+    "unclosed-quote": (b'email,first_name\na@ok.example,Ann\nb@ok.example,"Bob\nc@ok.example,Cy\n',
+                       "Line 3 opens a quoted field that is never closed: the rest of the file would be read "
+                       "as that one cell. Close the quote (or remove it) and import the file again."),
     "huge-single-line": (HUGE_LINE, "Line 2 is longer than 1,000,000 characters: this is not a lead file."),
     "good-rows-then-a-huge-line": (
         GOOD_THEN_HUGE, "Line 50012 is longer than 1,000,000 characters: this is not a lead file."),

@@ -234,6 +234,34 @@ def test_a_reupload_with_new_content_gets_a_new_run_key_and_stores_only_the_new_
         "noor@cedarworks.io,Cedar Works,COO,,Lead,2026-09-18 11:00\n")
 
 
+def test_a_new_version_without_rejects_takes_the_old_report_away_and_sweeps_abandoned_scratch_files(
+    pipeline: Pipeline, instance: DagsterInstance
+) -> None:
+    name = _unique("hubspot.csv")
+    key, path = pipeline.drop("hubspot_export.csv", name)  # one invalid address: a report
+    rejected = pipeline.bucket / str(pipeline.campaign_id) / "rejected"
+    report = rejected / f"{name.rsplit('.', 1)[0]}.rejects.csv"
+    instance.add_dynamic_partitions(lead_files.name, [key])
+    assert _metadata(pipeline.ingest(instance, key))["rejects_report"] == str(report)
+    # What a killed import leaves: its scratch report. An old one is swept, a fresh one may be another
+    # import's, still writing.
+    abandoned, fresh = rejected / f".{report.name}.dead0001.part", rejected / f".{report.name}.live0001.part"
+    abandoned.write_text("line,email,reason\n")
+    fresh.write_text("line,email,reason\n")
+    two_hours_ago = abandoned.stat().st_mtime - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+
+    path.write_text("email,first_name\nnew.lead@cedarworks.io,Noor\n", encoding="utf-8")  # nothing to reject
+    later = report.stat().st_mtime_ns + 5_000_000_000
+    os.utime(path, ns=(later, later))
+    metadata = _metadata(pipeline.ingest(instance, key))
+
+    assert (metadata["stored"], metadata["rejected"], metadata["rejects_report"]) == (1, 0, None)
+    assert not report.exists()  # the report said what the previous version lost, not this one
+    assert not abandoned.exists()
+    assert fresh.exists()
+
+
 def test_rematerialising_a_processed_partition_stores_no_duplicates(
     pipeline: Pipeline, instance: DagsterInstance
 ) -> None:

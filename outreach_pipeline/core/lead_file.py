@@ -28,7 +28,9 @@ SCAN_BLOCK_BYTES = 1024 * 1024
 READ_BYTES = 8192  # io.TextIOWrapper's chunk: decoding the same chunks makes the same error messages
 TEXT_BLOCK_CHARS = 1024 * 1024  # text is split into lines a block at a time, in C
 MAX_LINE_CHARS = 1_000_000  # no lead row is a megabyte long; such a line means "not a lead file"
-MAX_FIELD_CHARS = 100_000  # also stops an unclosed quote from swallowing the rest of the file
+# A record (all its lines) no lead reaches: it bounds the memory an unclosed quote can take. Long cells below
+# it are the schema's business (rejected as too long, the other rows stored).
+MAX_FIELD_CHARS = MAX_LINE_CHARS
 DELIMITERS = (",", ";", "\t", "|")
 # Share of C0 control bytes (other than tab, CR, LF) above which a file is binary, not text.
 BINARY_CONTROL_SHARE = 0.01
@@ -41,6 +43,9 @@ _UNDEFINED_IN_CP1252 = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
 _OTHER_LINE_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # the slow, exact split for text holding one of them
 _NEXT_LINE = partial(operator.add, 1)
+# Fed to the csv reader after the file's last line. It comes back as a record of its own, unless the file
+# ended inside a quoted field: then it is the end of that field's text. (NUL is in no lead file we read.)
+_END_OF_FILE = "\x00end of file\x00"
 
 csv.field_size_limit(MAX_FIELD_CHARS)
 
@@ -225,6 +230,23 @@ def _read_records(reader: csv.Reader, count: int, records: list[list[str]], ends
         add_end(reader.line_num)
 
 
+def _drop_end_of_file(records: list[list[str]], ends: list[int], previous_end: int) -> bool:
+    """Remove the end-of-file marker when it is the last record read; True when it was there. Fails the
+    import when the marker ended up inside a cell: a quote was opened and never closed, so every line after
+    it was read as that cell's text, and no row after it can be told apart."""
+    last = records[-1] if records else None
+    if last is None or not last[-1].endswith(_END_OF_FILE):
+        return False
+    if last != [_END_OF_FILE]:
+        start = ends[-2] + 1 if len(ends) > 1 else previous_end + 1
+        raise InvalidInputError(
+            f"Line {start} opens a quoted field that is never closed: the rest of the file would be read as "
+            "that one cell. Close the quote (or remove it) and import the file again.")
+    records.pop()
+    ends.pop()
+    return True
+
+
 def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int], width: int) -> None:
     """Add records to the chunk as rows of the header's width; only records of another width cost Python work."""
     sizes = np.fromiter(map(len, records), dtype=np.intp, count=len(records))
@@ -262,11 +284,12 @@ def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, p
             records: list[list[str]] = []
             ends = []
             _read_records(reader, wanted, records, ends)
+            at_end = _drop_end_of_file(records, ends, previous_end)
             if records:
                 # A record starts on the line after the one where the previous record (even a blank one) ended.
                 _sort_records(chunk, records, [previous_end + 1, *map(_NEXT_LINE, ends[:-1])], width)
                 previous_end = ends[-1]
-            if len(records) < wanted:
+            if at_end or len(records) < wanted:
                 return previous_end, True
     except csv.Error as error:
         last_end = ends[-1] if ends else previous_end
@@ -303,10 +326,12 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
         raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
     delimiter = sniff_delimiter(line)
     # The header line is read again through the csv module so quoted header cells parse the same way.
-    reader = csv.reader(chain((line,), lines), delimiter=delimiter)
+    reader = csv.reader(chain((line,), lines, (_END_OF_FILE,)), delimiter=delimiter)
     headers = next(reader)
-    while headers and not headers[-1].strip():
-        headers.pop()  # trailing empty header cells
+    if headers[-1].endswith(_END_OF_FILE):
+        raise InvalidInputError("The header line opens a quoted field that is never closed.")
+    # Trailing header cells without a name stay columns (column_N): spreadsheets add empty ones, which
+    # cost nothing, and a column someone forgot to name keeps its data.
     header_end = skipped + reader.line_num
     return LeadFile(encoding, delimiter, [h.strip() for h in headers],
                     _chunks(reader, len(headers), chunk_rows, header_end))

@@ -51,9 +51,14 @@ EMAIL_PATTERN = (
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 INVALID_EMAIL = "invalid email"
+# A custom cell (a note, an address) longer than this is a mistake in the file, not something to mail.
+MAX_CUSTOM_LENGTH = 10_000
+CUSTOM_TOO_LONG = f"too long: a custom field over {MAX_CUSTOM_LENGTH:,} characters"
 CONTROL_CHARACTERS = "control characters"
-# Standard fields land in greetings and subject lines: no control character at all, not even a line break.
-_NO_CONTROL_AT_ALL = r"^[^\x00-\x1f\x7f]*$"
+# Standard fields land in greetings and subject lines: no control character at all, not even a line break
+# (C1 controls such as U+0085 NEXT LINE and the Unicode line and paragraph separators included).
+# The separators are written as themselves: Arrow's regex engine (RE2) has no \u escape.
+_NO_CONTROL_AT_ALL = "^[^\\x00-\\x1f\\x7f-\\x9f\u2028\u2029]*$"
 # Custom fields may hold line breaks and tabs (an address, a note), never other control characters.
 _CONTROL_IN_CUSTOM = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 
@@ -65,20 +70,30 @@ def canonical_header(header: str) -> str:
     squashed = _NON_ALNUM.sub("", str(header).lower())
     if squashed in HEADER_ALIASES:
         return HEADER_ALIASES[squashed]
+    return custom_field_name(header)
+
+
+def custom_field_name(header: str) -> str:
+    """The header as a custom-field name, never one of our fields: "Work Email" -> "work_email"."""
     return _NON_ALNUM.sub("_", str(header).lower()).strip("_") or "column"
 
 
-def _ascii_bytes(is_forbidden: Callable[[str], bool]) -> np.ndarray:
-    """A 256-entry mask of the ASCII characters a rule forbids. In UTF-8 a byte below 0x80 is always that
-    character, so the text buffer of a column holds one of them exactly when some cell does."""
+def _forbidden_bytes(is_forbidden: Callable[[str], bool]) -> np.ndarray:
+    """A 256-entry mask of the UTF-8 bytes whose presence means a cell may break a rule. A byte below 0x80
+    is always its ASCII character; a character beyond ASCII that the rule forbids marks its first byte,
+    so text holding any character starting with that byte goes to the regex (C1 controls start with 0xC2,
+    which also starts a no-break space; U+2028 starts with 0xE2, as do dashes and the euro sign)."""
     mask = np.zeros(256, dtype=bool)
     mask[:128] = [is_forbidden(chr(code)) for code in range(128)]
+    for code in (*range(0x80, 0xA0), 0x2028, 0x2029):
+        if is_forbidden(chr(code)):
+            mask[chr(code).encode()[0]] = True
     return mask
 
 
 _LARGE_TEXT = pyarrow.large_string()  # what pandas' Arrow strings hold: 64-bit offsets, then UTF-8 bytes
-_CONTROL_BYTES = _ascii_bytes(lambda char: re.fullmatch(_NO_CONTROL_AT_ALL, char) is None)
-_CUSTOM_CONTROL_BYTES = _ascii_bytes(lambda char: re.search(_CONTROL_IN_CUSTOM, char) is not None)
+_CONTROL_BYTES = _forbidden_bytes(lambda char: re.fullmatch(_NO_CONTROL_AT_ALL, char) is None)
+_CUSTOM_CONTROL_BYTES = _forbidden_bytes(lambda char: re.search(_CONTROL_IN_CUSTOM, char) is not None)
 
 
 def _clear_of(column: pd.Series, forbidden: np.ndarray) -> bool:
@@ -126,6 +141,17 @@ def _custom_fields_have_no_control_characters(frame: pd.DataFrame) -> pd.Series:
     return clean
 
 
+def _custom_fields_fit(frame: pd.DataFrame) -> pd.Series:
+    """Row-wise: True where no custom cell is longer than MAX_CUSTOM_LENGTH."""
+    fits = pd.Series(True, index=frame.index)
+    for column in frame.columns:
+        if column not in STANDARD_FIELDS:
+            too_long = (frame[column].str.len() > MAX_CUSTOM_LENGTH).fillna(False).astype(bool)
+            if too_long.any():
+                fits &= ~too_long
+    return fits
+
+
 LEAD_ROW_SCHEMA = pa.DataFrameSchema(
     {
         "email": pa.Column(
@@ -138,7 +164,8 @@ LEAD_ROW_SCHEMA = pa.DataFrameSchema(
         ),
         **{field: _optional_text(field) for field in STANDARD_FIELDS if field != "email"},
     },
-    checks=[pa.Check(_custom_fields_have_no_control_characters, error=CONTROL_CHARACTERS)],
+    checks=[pa.Check(_custom_fields_have_no_control_characters, error=CONTROL_CHARACTERS),
+            pa.Check(_custom_fields_fit, error=CUSTOM_TOO_LONG)],
     name="LeadRow",
     description="A lead as stored: a syntactically valid email, optional names, company, title and timezone.",
     strict=False,

@@ -6,16 +6,20 @@ succeeds, so a failed import leaves no half-written report behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import io
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Protocol
 
 # Cells starting with these run as formulas in spreadsheets.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 HEADER = ("line", "email", "reason")
+ABANDONED_AFTER_S = 3600  # a scratch report older than this belongs to an import that is gone
 
 
 def spreadsheet_safe(value: str) -> str:
@@ -31,6 +35,10 @@ class RejectsTarget(Protocol):
 
     def publish(self, written: Path) -> None: ...
 
+    def remove(self) -> None:
+        """Delete a report an earlier import of the same file left: this import rejected nothing."""
+        ...
+
 
 class LocalRejects:
     """A report in a folder; the scratch file sits beside it, so publishing is one atomic rename."""
@@ -41,10 +49,24 @@ class LocalRejects:
 
     def scratch(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep_abandoned()
         return self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.part"
 
     def publish(self, written: Path) -> None:
         os.replace(written, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._sweep_abandoned()
+
+    def _sweep_abandoned(self) -> None:
+        """Scratch files of this report left by a killed import (no `finally` runs after SIGKILL). Only old
+        ones: a concurrent import of the same file may be writing its own right now."""
+        cutoff = time.time() - ABANDONED_AFTER_S
+        for part in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part"):
+            with contextlib.suppress(OSError):  # another import swept it first
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
 
 
 class RejectsWriter:
@@ -67,8 +89,12 @@ class RejectsWriter:
         self._writer.writerows((line, spreadsheet_safe(email), reason) for line, email, reason in rows)
 
     def publish(self) -> str | None:
-        """Put the finished report in place; returns its location, or None when nothing was rejected."""
-        if self._file is None or self._scratch is None or self.target is None:
+        """Put the finished report in place; returns its location, or None when nothing was rejected (then a
+        report from an earlier version of the file goes, so what is there always matches the last import)."""
+        if self.target is None:
+            return None
+        if self._file is None or self._scratch is None:
+            self.target.remove()
             return None
         self._file.close()
         self.target.publish(self._scratch)
