@@ -174,7 +174,7 @@ class PortableLeadStore:
 
 
 _TEXT_COLUMNS = ("email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"])
-_LEAD_COLUMNS = ("campaign_id", *_TEXT_COLUMNS, "custom_fields", "status", "reply_token", "import_id", "created_at")
+LEAD_COLUMNS = ("campaign_id", *_TEXT_COLUMNS, "custom_fields", "status", "reply_token", "import_id", "created_at")
 # What JSON must escape in a string that passed the schema (no control characters but tab and line breaks).
 _JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
@@ -256,7 +256,7 @@ class PostgresLeadStore:
             "import_id": pa.repeat(pa.scalar(self.target.import_id, pa.int64()), n),
             "created_at": pa.repeat(pa.scalar(self.target.now.isoformat()), n),
         }
-        return pa.table([columns[c] for c in _LEAD_COLUMNS], names=list(_LEAD_COLUMNS))
+        return pa.table([columns[c] for c in LEAD_COLUMNS], names=list(LEAD_COLUMNS))
 
     def store(self, prepared: PreparedRows) -> StoreResult:
         rows, table, data = prepared.rows, prepared.table, prepared.csv
@@ -268,7 +268,7 @@ class PostgresLeadStore:
         if table.num_rows:
             driver = self.session.connection().connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
-                f"COPY leads ({', '.join(_LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+                f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
             ) as copy:
                 copy.write(data)
         return StoreResult(table.num_rows, refused)

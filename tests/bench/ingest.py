@@ -6,9 +6,12 @@ It writes a lead CSV with realistic columns (an Apollo-style export; about 1% ba
 that differ only in case), then measures in a fresh database:
   (a) the floor: `COPY` of the file into a bare table with a unique index on the address;
   (b) our full ingestion, `import_leads_csv` (read, validate, de-duplicate, store, rejects report),
-      in a child process so its peak memory (ru_maxrss) is its own.
+      in a child process so its peak memory (ru_maxrss) is its own;
+  (c) what storing our rows costs PostgreSQL alone: the leads (b) stored, exported, then `COPY`ed into a
+      table shaped like `leads` without its indexes and triggers.
 Prints the seconds and rows/s of each, the peak memory of (b), the CPU seconds (b) took in its own process
-and in its database backend, and `ratio_vs_copy=` (b / a).
+and in its database backend, `ratio_vs_copy=` (b / a) and `bare_leads_vs_copy=` (c / a): how far (b) could
+get with nothing but its rows to write.
 Targets: ratio_vs_copy <= 2.0 and peak memory < 600 MB. Not collected by pytest (no test_ prefix).
 """
 
@@ -31,9 +34,14 @@ from psycopg import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign  # noqa: E402
+from outreach_pipeline.core.lead_store import LEAD_COLUMNS  # noqa: E402
 from outreach_pipeline.core.leads import import_leads_csv  # noqa: E402
 from outreach_pipeline.db.models import User  # noqa: E402
-from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
+from outreach_pipeline.db.session import (  # noqa: E402
+    create_db_engine,
+    make_session_factory,
+    session_scope,
+)
 from tests.bench.cpu_time import cpu_seconds  # noqa: E402
 from tests.bench.scratch_db import scratch_database  # noqa: E402
 
@@ -86,6 +94,29 @@ def copy_floor(url: str, path: Path) -> float:
         started = time.perf_counter()
         with connection.cursor() as cursor, cursor.copy(
             "COPY copy_floor FROM STDIN WITH (FORMAT csv, HEADER true)"
+        ) as copy, path.open("rb") as source:
+            while block := source.read(COPY_BLOCK):
+                copy.write(block)
+        connection.commit()
+        return time.perf_counter() - started
+
+
+def bare_leads_copy(url: str, folder: Path) -> float:
+    """Seconds to COPY the stored leads again into a copy of `leads` with no index, constraint or trigger:
+    the database's share of (b) that no code of ours can remove while it stores these columns."""
+    path = folder / "leads.stored.csv"
+    columns = sql.SQL(", ").join(map(sql.Identifier, LEAD_COLUMNS))
+    with psycopg.connect(url) as connection:
+        with connection.cursor() as cursor, path.open("wb") as out, cursor.copy(
+            sql.SQL("COPY (SELECT {} FROM leads) TO STDOUT WITH (FORMAT csv)").format(columns)
+        ) as copy:
+            for block in copy:
+                out.write(block)
+        connection.execute("CREATE TABLE bare_leads (LIKE leads INCLUDING DEFAULTS)")
+        connection.commit()
+        started = time.perf_counter()
+        with connection.cursor() as cursor, cursor.copy(
+            sql.SQL("COPY bare_leads ({}) FROM STDIN WITH (FORMAT csv)").format(columns)
         ) as copy, path.open("rb") as source:
             while block := source.read(COPY_BLOCK):
                 copy.write(block)
@@ -149,6 +180,8 @@ def main() -> None:
               f"generated_in_s={time.perf_counter() - started:.1f}")
         floor = copy_floor(url, path)
         ours = full_ingestion(url, path, Path(folder) / "leads.rejects.csv")
+        path.unlink()
+        bare = bare_leads_copy(url, Path(folder))
 
     seconds = float(ours["seconds"])  # type: ignore[arg-type]
     print(f"copy_s={floor:.2f} copy_rows_per_s={args.rows / floor:,.0f}")
@@ -156,6 +189,8 @@ def main() -> None:
     print(f"ingest_cpu_s: python={ours['python_cpu_s']:.1f} database={ours['database_cpu_s']:.1f}")
     print(f"rows_read={ours['rows_read']} stored={ours['stored']} rejected={ours['rejected']} "
           f"reasons={ours['reasons']}")
+    print(f"bare_leads_copy_s={bare:.2f} (our stored rows alone, no index or trigger) "
+          f"bare_leads_vs_copy={bare / floor:.2f}")
     print(f"ratio_vs_copy={seconds / floor:.2f} (target <= 2.0; peak memory target < 600 MB)")
 
 
