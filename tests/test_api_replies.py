@@ -106,6 +106,17 @@ AUTO_REPLIES = [
     ("Risposta automatica: Note 1", {}),
     ("Automatisch antwoord: Note 1", {}),
     ("自動応答: Note 1", {}),
+    ("[Auto-Reply] Note 1", {}),
+    ("RE: Out-of-office: Note 1", {}),
+    ("AW: Abwesenheitsnotiz", {}),
+    ("Automatiskt svar: Note 1", {}),  # Swedish Outlook
+    ("Automatisk svar: Note 1", {}),  # Danish, Norwegian
+    ("Automatická odpověď: Note 1", {}),  # Czech
+    ("Otomatik yanıt: Note 1", {}),  # Turkish
+    ("Automatikus válasz: Note 1", {}),  # Hungarian
+    ("Răspuns automat: Note 1", {}),  # Romanian
+    ("Automatski odgovor: Note 1", {}),  # Croatian
+    ("Αυτόματη απάντηση: Note 1", {}),  # Greek
 ]
 
 

@@ -29,20 +29,28 @@ from outreach_pipeline.db.models import (
 
 UNMATCHED = "reply matched no lead; kept for review"
 
-# Subjects auto-responders use, in the languages our users mail in most (compared case-folded).
+# Subjects auto-responders use, in the languages our users mail in most (compared case-folded), after any
+# reply or forward prefixes ("RE:", "AW:", "SV:", "Fwd:") and an opening bracket ("[Auto-Reply]").
+_REPLY_PREFIXES = r"(?:(?:re|aw|sv|vs|wg|fw|fwd|tr|rv|odp|ynt|r)\s*:\s*)*[\[(]?\s*"
 AUTO_REPLY_SUBJECTS = re.compile(
-    r"^\s*(?:"
-    r"auto(?:matic)?[\s_-]*repl(?:y|ied)|auto[\s_-]*response|autoreply|out of (?:the )?office|ooo\b|"
+    r"^\s*" + _REPLY_PREFIXES + r"(?:"
+    r"auto(?:matic)?[\s_-]*repl(?:y|ied)|auto[\s_-]*response|autoreply|out[\s-]+of[\s-]+(?:the[\s-]+)?office|"
+    r"ooo\b|"
     r"abwesenheit|automatische antwort|abwesend|"  # German
     r"r[ée]ponse automatique|absence du bureau|absent\b|"  # French
     r"respuesta autom[áa]tica|fuera de la oficina|ausente\b|"  # Spanish, Portuguese
     r"risposta automatica|fuori ufficio|"  # Italian
     r"automatisch antwoord|afwezig|"  # Dutch
     r"resposta autom[áa]tica|fora do escrit[óo]rio|"  # Portuguese
-    r"autosvar|fr[åa]nvaro|frav[æe]r|automaattinen vastaus|"  # Nordic
-    r"odpowied[źz] automatyczna|automatick[áa] odpov[ěe]d|"  # Polish, Czech
-    r"автоответ|автоматический ответ|"  # Russian
-    r"自動応答|自動返信|不在|自动回复|自動回覆"  # Japanese, Chinese
+    r"autosvar|automatiskt? svar|fr[åa]nvaro|frav[æe]r|automaattinen vastaus|"  # Nordic
+    r"odpowied[źz] automatyczna|automatick[áa] odpov[ěe][dď]|automatick[áa] odpove[dď]|"  # Polish, Czech, Slovak
+    r"otomatik yan[ıi]t|ofis d[ıi][şs][ıi]nda|"  # Turkish
+    r"automatikus v[áa]lasz|h[áa]zon k[íi]v[üu]l|"  # Hungarian
+    r"r[ăa]spuns automat|automatski odgovor|"  # Romanian, Croatian and Serbian
+    r"αυτόματη απάντηση|εκτός γραφείου|"  # Greek
+    r"автоответ|автоматический ответ|автоматична відповідь|"  # Russian, Ukrainian
+    r"自動応答|自動返信|不在|自动回复|自動回覆|자동\s*응답|"  # Japanese, Chinese, Korean
+    r"رد تلقائي|מענה אוטומטי"  # Arabic, Hebrew
     r")",
     re.IGNORECASE,
 )
