@@ -65,6 +65,22 @@ def test_a_reply_is_matched_by_its_thread_when_the_mailbox_hash_is_lost(
     assert _event(client, reply["MessageID"]).lead_id == ada.id
 
 
+def test_inbound_mail_posted_to_the_single_webhook_url_is_a_reply(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    """Postmark's inbound webhook carries no RecordType; the single URL must still see a reply in it."""
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    reply = _reply("ada@one.example", mailbox_hash=ada.reply_token)
+    assert "RecordType" not in reply
+
+    result = _post(client, "", reply)
+
+    assert result["outcome"] == f"lead {ada.id} replied; 1 pending job(s) skipped"
+    assert _stopped(client, "ada@one.example")
+    assert _event(client, reply["MessageID"]).record_type == "Inbound"
+
+
 def test_a_reply_is_matched_by_sender_among_the_owners_running_leads(
     client: TestClient[Any], auth_headers: dict[str, str]
 ) -> None:

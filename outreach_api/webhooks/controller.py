@@ -76,6 +76,14 @@ async def _handle(services: Services, payload: dict[str, Any], record_type: str)
     return EventOut(stored=not result.duplicate, duplicate=result.duplicate, outcome=result.outcome)
 
 
+def _untyped_record(payload: dict[str, Any]) -> str:
+    """Postmark's inbound webhook is the one payload without a RecordType: it is known by its inbound stream
+    or by the parsed sender and mailbox hash only inbound mail has."""
+    if payload.get("MessageStream") == "inbound" or ("FromFull" in payload and "MailboxHash" in payload):
+        return "Inbound"
+    return "Unknown"
+
+
 class PostmarkWebhookController(Controller):
     path = "/api/webhooks/postmark"
     tags = ["webhooks"]
@@ -85,8 +93,8 @@ class PostmarkWebhookController(Controller):
 
     @post("/", status_code=200)
     async def any_event(self, data: dict[str, Any], services: Services) -> EventOut:
-        """Any Postmark record type, told apart by its RecordType."""
-        return await _handle(services, data, str(data.get("RecordType", "")) or "Unknown")
+        """Any Postmark record type, told apart by its RecordType; inbound mail carries none."""
+        return await _handle(services, data, str(data.get("RecordType", "")) or _untyped_record(data))
 
     @post("/inbound", status_code=200)
     async def inbound(self, data: dict[str, Any], services: Services) -> EventOut:
