@@ -26,7 +26,7 @@ LEAD_FILE_SUFFIXES = (".csv", ".tsv", ".txt")
 class BucketFile:
     key: str  # "<campaign_id>/<name>", the file's identity
     campaign_id: int
-    version: str  # changes whenever the content may have: size-mtime locally, the ETag on S3
+    version: str  # changes whenever the file is written: size-mtime locally, ETag-upload time on S3
 
 
 class LeadBucket(Protocol):

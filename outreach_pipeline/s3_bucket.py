@@ -36,6 +36,14 @@ def _is_missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
 
 
+def _version(item: dict[str, Any]) -> str:
+    """The ETag and the upload time: the same content uploaded again is a new version too, as a copied file
+    is locally (size-mtime), so it is imported (every row already in the campaign) and moved aside rather
+    than left waiting forever under a run key that was already used."""
+    etag = item["ETag"].strip('"')
+    return f"{etag}-{int(item['LastModified'].timestamp())}"
+
+
 class S3Rejects:
     """A rejects report written to a local scratch file and uploaded once the import succeeded."""
 
@@ -73,7 +81,7 @@ class S3Bucket:
             for item in page.get("Contents", []):
                 waiting = lead_file_key(item["Key"][len(root):])
                 if waiting is not None:
-                    found.append(BucketFile(waiting.key, waiting.campaign_id, item["ETag"].strip('"')))
+                    found.append(BucketFile(waiting.key, waiting.campaign_id, _version(item)))
         return sorted(found, key=lambda f: f.key)
 
     @contextmanager

@@ -6,6 +6,7 @@ HTTP to the server; nothing of ours is mocked.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -112,7 +113,8 @@ def test_a_file_in_the_s3_bucket_is_sensed_by_etag_ingested_and_moved_aside(
     s3: S3Setup, instance: DagsterInstance
 ) -> None:
     key = s3.put("hubspot.csv", HUBSPOT)
-    etag = s3.client.head_object(Bucket=s3.bucket, Key=f"inbox/{key}")["ETag"].strip('"')
+    head = s3.client.head_object(Bucket=s3.bucket, Key=f"inbox/{key}")
+    version = f"{head['ETag'].strip(chr(34))}-{int(head['LastModified'].timestamp())}"
     # Files already moved aside, and files outside campaign folders, are not waiting.
     s3.client.put_object(Bucket=s3.bucket, Key=f"inbox/{s3.campaign_id}/processed/old.csv", Body=HUBSPOT)
     s3.client.put_object(Bucket=s3.bucket, Key="inbox/readme.csv", Body=b"email\n")
@@ -120,7 +122,7 @@ def test_a_file_in_the_s3_bucket_is_sensed_by_etag_ingested_and_moved_aside(
     sensed = s3.sense(instance)
 
     assert isinstance(sensed, SensorResult)
-    assert [(r.run_key, r.partition_key) for r in sensed.run_requests] == [(f"{key}@{etag}", key)]
+    assert [(r.run_key, r.partition_key) for r in sensed.run_requests] == [(f"{key}@{version}", key)]
     result = materialize([lead_file_import], partition_key=key, instance=instance, resources=s3.resources)
     assert result.success
     (materialization,) = result.asset_materializations_for_node("lead_file_import")
@@ -169,6 +171,29 @@ def test_a_reupload_with_new_content_gets_a_new_run_key_and_is_ingested_again(
     assert s3.stored() == ["ann@one.example", "bo@two.example"]
     assert s3.read(f"inbox/{key.replace('/', '/processed/')}") == (
         b"email,first_name\nann@one.example,Ann\nbo@two.example,Bo\n")
+
+
+def test_the_same_content_uploaded_again_is_imported_again_and_moved_aside_not_left_waiting(
+    s3: S3Setup, instance: DagsterInstance
+) -> None:
+    content = b"email,first_name\nann@one.example,Ann\n"
+    key = s3.put("same.csv", content)
+    first = s3.sense(instance)
+    assert isinstance(first, SensorResult)
+    assert materialize([lead_file_import], partition_key=key, instance=instance, resources=s3.resources).success
+    time.sleep(1.1)  # S3 keeps upload times to the second
+
+    s3.put("same.csv", content)  # same bytes, same ETag
+    second = s3.sense(instance)
+
+    assert isinstance(second, SensorResult)
+    (request,) = second.run_requests
+    assert request.partition_key == key and request.run_key != first.run_requests[0].run_key
+    result = materialize([lead_file_import], partition_key=key, instance=instance, resources=s3.resources)
+    (materialization,) = result.asset_materializations_for_node("lead_file_import")
+    assert materialization.metadata["rejected_by_reason"].value == {"already in campaign": 1}
+    assert f"inbox/{key}" not in s3.keys()
+    assert isinstance(s3.sense(instance), SkipReason)
 
 
 def test_a_file_that_is_not_a_lead_list_fails_and_leaves_no_report_in_the_bucket(
