@@ -7,6 +7,7 @@ rejects report line by line (original file lines, even after quoted fields that 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import uuid
@@ -310,6 +311,16 @@ def test_spreadsheet_leftovers_and_odd_cells_each_end_somewhere(door: Door) -> N
     assert (ann["email"], ann["company"], ann["first_name"]) == ("ann@acme.example", "Acme", "Ann")
     assert ann["custom_fields"] == {"work_email": "ann.w@acme.example", "organization": "Acme Holdings",
                                     "column_6": "VIP"}
+
+
+def test_a_header_whose_cells_hold_commas_is_split_by_the_delimiter_its_rows_use(door: Door) -> None:
+    cid = door.campaign()
+    text = "Company, Inc.\tEmail\tName, Full\r\nAcme\tann@acme.example\tAnn\r\nBeta, Ltd\tbo@beta.example\tBo\r\n"
+
+    outcome = door.send(cid, _name("tabs", "txt"), codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+
+    assert outcome.counts == {"rows_read": 2, "stored": 2, "rejected": 0, "rejected_by_reason": {}}
+    assert door.leads(cid)["bo@beta.example"]["custom_fields"] == {"company_inc": "Beta, Ltd", "name_full": "Bo"}
 
 
 def test_a_file_of_only_empty_rows_has_no_rows(door: Door) -> None:

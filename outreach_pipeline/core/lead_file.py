@@ -31,7 +31,8 @@ MAX_LINE_CHARS = 1_000_000  # no lead row is a megabyte long; such a line means 
 # A record (all its lines) no lead reaches: it bounds the memory an unclosed quote can take. Long cells below
 # it are the schema's business (rejected as too long, the other rows stored).
 MAX_FIELD_CHARS = MAX_LINE_CHARS
-DELIMITERS = (",", ";", "\t", "|")
+DELIMITERS = (",", ";", "\t", "|")  # in order of preference when all else is equal
+SNIFF_LINES = 20  # lines after the header that help pick the delimiter
 # Share of C0 control bytes (other than tab, CR, LF) above which a file is binary, not text.
 BINARY_CONTROL_SHARE = 0.01
 BINARY_MIN_CONTROLS = 8  # a stray bell character in a short list is a bad cell, not a binary file
@@ -191,12 +192,24 @@ def _bounded_line_blocks(blocks: Iterator[str]) -> Iterator[list[str]]:
 # --- delimiter and records -------------------------------------------------------------------------
 
 
-def sniff_delimiter(header_line: str) -> str:
-    """The candidate that splits the header most often, counted outside quotes; a comma by default."""
-    unquoted = re.sub(r'"[^"]*"', "", header_line)
-    counts = {d: unquoted.count(d) for d in DELIMITERS}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else ","
+def sniff_delimiter(header_line: str, sample: list[str] | None = None) -> str:
+    """The candidate that splits the header and, where the header alone is ambiguous, the sample of lines
+    after it the same way; a comma by default. Counted outside quotes. A header like
+    "Company, Inc.<TAB>Email<TAB>Name, Full" splits twice on both: the rows, split twice by tabs only, decide."""
+    counts = {d: _unquoted(header_line).count(d) for d in DELIMITERS}
+    rows = [_unquoted(line) for line in sample or [] if line.strip()]
+
+    def agreement(delimiter: str) -> float:  # share of the sample's lines with the header's count
+        return sum(row.count(delimiter) == counts[delimiter] for row in rows) / len(rows) if rows else 1.0
+
+    candidates = [d for d in DELIMITERS if counts[d]]
+    if not candidates:
+        return ","
+    return max(candidates, key=lambda d: (agreement(d), counts[d], -DELIMITERS.index(d)))
+
+
+def _unquoted(line: str) -> str:
+    return re.sub(r'"[^"]*"', "", line)
 
 
 def _is_blank(record: list[str]) -> bool:
@@ -324,9 +337,13 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
             raise InvalidInputError("The file is empty.")
     except UnicodeDecodeError as error:
         raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
-    delimiter = sniff_delimiter(line)
+    try:
+        sample = list(islice(lines, SNIFF_LINES))  # read again below, from this list
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
+    delimiter = sniff_delimiter(line, sample)
     # The header line is read again through the csv module so quoted header cells parse the same way.
-    reader = csv.reader(chain((line,), lines, (_END_OF_FILE,)), delimiter=delimiter)
+    reader = csv.reader(chain((line,), sample, lines, (_END_OF_FILE,)), delimiter=delimiter)
     headers = next(reader)
     if headers[-1].endswith(_END_OF_FILE):
         raise InvalidInputError("The header line opens a quoted field that is never closed.")
