@@ -114,6 +114,11 @@ class Settings(BaseSettings):
             self.outbox_dir = self.data_dir / "outbox"
         if not self.leads_bucket:
             self.leads_bucket = str(self.data_dir / "bucket")
+        if self.is_production and not self.app_base_url.startswith("https://"):
+            # Every email's one-click unsubscribe link is built on it, and RFC 8058 (and Gmail's and Yahoo's
+            # sender rules) accept only https there.
+            raise ValueError("APP_BASE_URL must be an https:// URL when ENVIRONMENT=production: the one-click "
+                             "unsubscribe link in every email is built on it and must be https (RFC 8058).")
         return self
 
     @property

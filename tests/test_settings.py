@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from outreach_api.app import create_app
@@ -54,8 +55,15 @@ def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
 
 def test_production_refuses_to_start_without_secret_key(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        create_app(bare_settings(tmp_path, environment="production"))
+        create_app(bare_settings(tmp_path, environment="production", app_base_url="https://outreach.example"))
     assert not (tmp_path / "data" / ".secret_key").exists()
+
+
+def test_production_refuses_an_unsubscribe_base_url_that_is_not_https(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="APP_BASE_URL must be an https:// URL"):
+        bare_settings(tmp_path, environment="production", app_base_url="http://outreach.example",
+                      secret_key="k" * 48)
+    assert bare_settings(tmp_path, app_base_url="http://localhost:8000").app_base_url.startswith("http://")
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
