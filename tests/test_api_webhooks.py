@@ -273,6 +273,56 @@ def test_a_hard_bounce_or_complaint_stops_the_lead_and_suppresses_and_a_replay_c
     assert added.json()["rejected_by_reason"] == {"suppressed": 1}
 
 
+def test_a_stop_signal_for_an_email_not_recorded_yet_is_not_lost(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    """The provider accepted the first emails, but the run died before recording them (SENDING, no message id,
+    awaiting reconciliation). A bounce echoing our job id in its Metadata stops the lead at once; a complaint
+    with nothing to go by is kept, and acts when replayed after the email is recorded."""
+    _sent_campaign(client, auth_headers)
+    ada, bo = _lead(client, "ada@one.example"), _lead(client, "bo@two.example")
+    ada_first, bo_first = _jobs(client, ada.id)[1], _jobs(client, bo.id)[1]
+    with client.app.state.services.sessions() as session:
+        session.execute(update(EmailJob).where(EmailJob.id.in_([ada_first.id, bo_first.id]))
+                        .values(status=JobStatus.SENDING, provider_message_id=None))
+        session.commit()
+
+    bounce = {**_bounce(ada_first, "ada@one.example"), "Metadata": {"job_id": str(ada_first.id), "step": "1"}}
+    assert _post(client, "/bounce", bounce)["outcome"] == (
+        f"lead {ada.id} bounced (HardBounce); address suppressed; 1 pending job(s) skipped")
+    assert _lead(client, "ada@one.example").status == LeadStatus.BOUNCED
+    assert _jobs(client, ada.id)[2].status == JobStatus.SKIPPED
+
+    complaint = {**_fixture("spam_complaint"), "ID": 78, "MessageID": bo_first.provider_message_id,
+                 "Email": "bo@two.example"}
+    assert _post(client, "", complaint) == {"stored": True, "duplicate": False,
+                                            "outcome": "complaint for a message we did not send"}
+    with client.app.state.services.sessions() as session:  # recorded, by the reconciler say
+        session.execute(update(EmailJob).where(EmailJob.id == bo_first.id)
+                        .values(status=JobStatus.SENT, provider_message_id=bo_first.provider_message_id))
+        session.commit()
+    assert _post(client, "", complaint) == {"stored": True, "duplicate": False,
+                                            "outcome": f"lead {bo.id} complained; address suppressed"}
+    assert _lead(client, "bo@two.example").status == LeadStatus.UNSUBSCRIBED
+    assert _post(client, "", complaint)["duplicate"] is True
+    assert _events(client) == 2
+
+
+def test_a_reactivation_at_postmark_does_not_lift_our_unsubscribe(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+    answer = client.post(f"/unsubscribe/{ada.reply_token}", content=b"List-Unsubscribe=One-Click",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 200
+    reactivated = {**_fixture("subscription_change"), "MessageID": _jobs(client, ada.id)[1].provider_message_id,
+                   "Recipient": "ada@one.example", "SuppressSending": False}
+
+    assert _post(client, "", reactivated)["outcome"] == f"lead {ada.id} had no provider suppression to lift"
+    assert _suppressions(client) == [(_owner(client, auth_headers), "ada@one.example", "unsubscribe")]
+
+
 def test_a_soft_bounce_is_recorded_without_suppressing_and_a_delivery_sets_delivered_at(
     client: TestClient[Any], auth_headers: dict[str, str]
 ) -> None:

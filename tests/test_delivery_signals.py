@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from email.utils import parseaddr
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.assets.sends import email_sends, send_partitions
+from outreach_pipeline.core.bounce_guard import pause_bouncing_campaigns
 from outreach_pipeline.core.campaigns import (
     UNRENDERED,
     StepSpec,
@@ -22,8 +24,13 @@ from outreach_pipeline.core.campaigns import (
     pause_campaign,
     resume_campaign,
 )
-from outreach_pipeline.core.events import EventResult, handle_postmark_event, handle_postmark_events
-from outreach_pipeline.core.suppression import is_suppressed
+from outreach_pipeline.core.events import (
+    EventResult,
+    handle_postmark_event,
+    handle_postmark_events,
+    unsubscribe_by_token,
+)
+from outreach_pipeline.core.suppression import is_suppressed, suppress
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignCount,
@@ -76,10 +83,15 @@ def _event(sessions: sessionmaker[Session], record: str, message_id: str, n: int
 
 def _lead(sessions: sessionmaker[Session], lead_id: int) -> tuple[LeadStatus, bool, list[JobStatus]]:
     with session_scope(sessions) as session:
-        lead = session.get_one(Lead, lead_id)
-        follow_up = session.scalars(select(EmailJob.status).where(EmailJob.lead_id == lead_id,
-                                                                  EmailJob.step_number == 2)).all()
-        return lead.status, is_suppressed(session, lead.campaign.owner_id, lead.email_key), list(follow_up)
+        return _lead_in(session, lead_id)
+
+
+def _lead_in(session: Session, lead_id: int) -> tuple[LeadStatus, bool, list[JobStatus]]:
+    """(status, address suppressed for the owner, statuses of the follow-up)."""
+    lead = session.get_one(Lead, lead_id)
+    follow_up = session.scalars(select(EmailJob.status).where(EmailJob.lead_id == lead_id,
+                                                              EmailJob.step_number == 2)).all()
+    return lead.status, is_suppressed(session, lead.campaign.owner_id, lead.email_key), list(follow_up)
 
 
 @pytest.mark.parametrize("bounce_type", ["HardBounce", "BadEmailAddress", "ManuallyDeactivated", "Blocked"])
@@ -121,9 +133,126 @@ def test_complaints_and_subscription_changes_suppress_and_lift(
 
     _event(sessions, "subscription_change", change_id, 0, SuppressSending=True, ChangedAt="2026-11-24T10:00:00Z")
     assert _lead(sessions, changed)[1:] == (True, [JobStatus.SKIPPED])
-    # Reactivated at Postmark: our suppression is lifted too (a new send needs a new job).
+    # Reactivated at Postmark: the suppression that mirrored Postmark's is lifted (a new send needs a new job).
     _event(sessions, "subscription_change", change_id, 0, SuppressSending=False, ChangedAt="2026-11-24T11:00:00Z")
     assert _lead(sessions, changed)[1] is False
+
+
+def test_a_reactivation_at_the_provider_lifts_only_what_the_provider_suppressed(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    """SuppressSending false undoes the provider's own suppression, never ours: a spam complaint, an unsubscribe
+    through our link, a manual entry, nor a complaint that came after the provider's suppression."""
+    sent = _sent(sessions, fake_postmark, 5)
+    (_, _, complained), (unsubscribed, _, _), (manual, _, _), (_, _, provider), (_, _, both) = sent
+    _event(sessions, "spam_complaint", complained, 1)
+    for message_id in (provider, both):
+        _event(sessions, "subscription_change", message_id, 0, SuppressSending=True, SuppressionReason="HardBounce",
+               ChangedAt="2026-11-24T10:00:00Z")
+    _event(sessions, "spam_complaint", both, 2)
+    with session_scope(sessions) as session:
+        unsubscribe_by_token(session, session.get_one(Lead, unsubscribed).reply_token)
+        lead = session.get_one(Lead, manual)
+        suppress(session, lead.campaign.owner_id, lead.email_key, "manual")
+        leads = [session.get_one(Lead, lead_id) for lead_id, _, _ in sent]
+        addresses = [(lead.campaign.owner_id, lead.email_key) for lead in leads]
+    reactivated = [(_payload("subscription_change", MessageID=message_id, SuppressSending=False,
+                             SuppressionReason="HardBounce", ChangedAt="2026-11-24T11:00:00Z"), "SubscriptionChange")
+                   for _, _, message_id in sent]
+
+    together, singly = _together_and_singly(sessions, reactivated, lambda session: [
+        is_suppressed(session, owner, address) for owner, address in addresses])
+
+    assert together == singly
+    assert together[1] == [True, True, True, False, True]
+    assert together[0][3] == f"suppression of lead {sent[3][0]} lifted"
+    assert together[0][0] == f"lead {sent[0][0]} had no provider suppression to lift"
+
+
+def _echoed(fake: FakePostmark, message_id: str) -> dict[str, Any]:
+    """What Postmark echoes in a stop signal of a message it accepted: the Metadata we sent it with, and its
+    recipient."""
+    (message,) = [m for m in fake.messages if m["MessageID"] == message_id]
+    return {"Metadata": message["Metadata"], "Email": parseaddr(message["To"])[1],
+            "Recipient": parseaddr(message["To"])[1]}
+
+
+def _unrecorded(sessions: sessionmaker[Session], sent: list[tuple[int, int, str]]) -> None:
+    """The provider accepted these first emails but we have not recorded it: SENDING, no message id (a run
+    killed after the send, awaiting reconciliation; or the moment before our commit)."""
+    with session_scope(sessions) as session:
+        session.execute(update(EmailJob).where(EmailJob.id.in_([job for _, job, _ in sent]))
+                        .values(status=JobStatus.SENDING, provider_message_id=None))
+
+
+def _recorded(sessions: sessionmaker[Session], sent: list[tuple[int, int, str]]) -> None:
+    with session_scope(sessions) as session:
+        for _, job, message_id in sent:
+            session.execute(update(EmailJob).where(EmailJob.id == job)
+                            .values(status=JobStatus.SENT, provider_message_id=message_id))
+
+
+def test_a_stop_signal_for_an_email_not_recorded_yet_finds_its_job_by_the_metadata_job_id(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    sent = _sent(sessions, fake_postmark, 4)
+    _unrecorded(sessions, sent)
+    (bounced, _, bounce_id), (complained, _, complaint_id), (changed, _, change_id), (_, _, other_id) = sent
+    batch = [
+        ({**_payload("bounce", MessageID=bounce_id, ID=1), **_echoed(fake_postmark, bounce_id)}, "Bounce"),
+        ({**_payload("spam_complaint", MessageID=complaint_id, ID=2), **_echoed(fake_postmark, complaint_id)},
+         "SpamComplaint"),
+        ({**_payload("subscription_change", MessageID=change_id), **_echoed(fake_postmark, change_id)},
+         "SubscriptionChange"),
+        # Our job id for another address (a payload not of that message): nobody is stopped.
+        ({**_payload("bounce", MessageID=other_id, ID=4), "Metadata": _echoed(fake_postmark, other_id)["Metadata"]},
+         "Bounce"),
+    ]
+
+    together, singly = _together_and_singly(sessions, batch, lambda session: [
+        _lead_in(session, lead) for lead, _, _ in sent])
+
+    assert together == singly
+    assert together[1] == [(LeadStatus.BOUNCED, True, [JobStatus.SKIPPED]),
+                           (LeadStatus.UNSUBSCRIBED, True, [JobStatus.SKIPPED]),
+                           (LeadStatus.CONTACTED, True, [JobStatus.SKIPPED]),
+                           (LeadStatus.CONTACTED, False, [JobStatus.PENDING])]
+    assert together[0][0].startswith(f"lead {bounced} bounced (HardBounce)")
+    assert together[0][1:] == [f"lead {complained} complained; address suppressed",
+                               f"lead {changed} suppressed by the provider (HardBounce); 1 pending job(s) skipped",
+                               "bounce for a message we did not send"]
+
+
+def test_a_stop_signal_kept_unmatched_acts_when_replayed_after_its_email_is_recorded(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    """With no job id to go by (the fixtures' Metadata has none), an event for an email not recorded yet is
+    kept for review; its replay once the email is recorded acts, once, alone or in a batch."""
+    sent = _sent(sessions, fake_postmark, 2)
+    (first, _, first_id), (second, _, second_id) = sent
+    _unrecorded(sessions, sent)
+    bounce = _payload("bounce", MessageID=first_id, ID=1, Type="HardBounce")
+    complaint = _payload("spam_complaint", MessageID=second_id, ID=2)
+    with session_scope(sessions) as session:
+        kept = handle_postmark_events(session, [(bounce, "Bounce"), (complaint, "SpamComplaint")])
+    assert [(r.duplicate, r.outcome) for r in kept if isinstance(r, EventResult)] == [
+        (False, "bounce for a message we did not send"), (False, "complaint for a message we did not send")]
+    assert _lead(sessions, first) == (LeadStatus.CONTACTED, False, [JobStatus.PENDING])
+
+    _recorded(sessions, sent)  # the commit, or the reconciler, records the emails
+    with session_scope(sessions) as session:
+        alone = handle_postmark_event(session, bounce, "Bounce")
+        batch = handle_postmark_events(session, [(complaint, "SpamComplaint"), (bounce, "Bounce")])
+    assert not alone.duplicate and alone.outcome.startswith(f"lead {first} bounced (HardBounce)")
+    assert [(r.duplicate, r.outcome) for r in batch if isinstance(r, EventResult)] == [
+        (False, f"lead {second} complained; address suppressed"), (True, "already processed")]
+    assert _lead(sessions, first) == (LeadStatus.BOUNCED, True, [JobStatus.SKIPPED])
+    assert _lead(sessions, second) == (LeadStatus.UNSUBSCRIBED, True, [JobStatus.SKIPPED])
+
+    with session_scope(sessions) as session:  # acted on once: now a plain replay, and each stored once
+        assert handle_postmark_event(session, complaint, "SpamComplaint").duplicate
+        rows = session.execute(select(WebhookEvent.id, WebhookEvent.lead_id).order_by(WebhookEvent.id)).all()
+    assert [lead for _, lead in rows] == [first, second]
 
 
 def test_delivery_open_and_click_are_recorded_against_the_job(
@@ -304,6 +433,25 @@ def test_a_campaign_bouncing_too_much_pauses_itself_through_the_send_assets_chec
                 "Paused automatically: 4 of 60 emails hard-bounced (6.7%, above 5%). Clean the lead list, then resume.")
     finally:
         engine.dispose()
+
+
+def test_leads_stopped_by_soft_bounces_are_not_hard_bounces_to_the_guard(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    sent = _sent(sessions, fake_postmark, 20)
+    for n, (_, _, message_id) in enumerate(sent[:3]):  # three leads stopped by soft bounces: 15% BOUNCED
+        for attempt in range(3):
+            _event(sessions, "bounce", message_id, 10 * n + attempt, Type="SoftBounce")
+    assert [_lead(sessions, lead)[0] for lead, _, _ in sent[:3]] == [LeadStatus.BOUNCED] * 3
+    with session_scope(sessions) as session:
+        assert pause_bouncing_campaigns(session, 0.05, 20) == []
+
+    for n, (_, _, message_id) in enumerate(sent[3:5]):  # two hard bounces: 10%
+        _event(sessions, "bounce", message_id, 100 + n, Type="HardBounce")
+    with session_scope(sessions) as session:
+        (paused,) = pause_bouncing_campaigns(session, 0.05, 20)
+        assert (paused.sent, paused.bounced) == (20, 2)
+        assert session.get_one(Campaign, paused.campaign_id).status == CampaignStatus.PAUSED
 
 
 # --- the counted stats -------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 Events come in batches (the API's writer takes whatever arrived together; a single event is a batch of
 one) and a batch costs a handful of statements whatever its size: one read of the sent emails the events
 concern with everything acting on them needs (`Target`), one insert of the events with their outcomes
-already written (`ON CONFLICT DO NOTHING`: a replay stops there), then the writes of the events that were
+already written (`ON CONFLICT`: a replay stops there), then the writes of the events that were
 stored, grouped: one update per timestamp column, the leads to stop together (core/stops.py). An outcome
 only the writes can tell (how many jobs were skipped) is predicted from the read and corrected in the rare
-case it differs. Each event ends as it would handled alone in its order: a reply is handled alone between
+case it differs. A stop signal whose MessageID names no recorded email yet is matched by the job id its
+Metadata echoes; failing that it is kept for review, and its replay acts once the email is recorded
+(`_store_rows`). Each event ends as it would handled alone in its order: a reply is handled alone between
 the events before and after it, and a stop signal for a lead or address that another event of the batch
 stops or lifts waits until after the batch, so it reads what came before it.
 """
@@ -20,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select, text, update
+from sqlalchemy import ColumnElement, Select, case, func, literal_column, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
-from outreach_pipeline.core.suppression import lift_suppression, suppress
+from outreach_pipeline.core.suppression import lift_provider_suppression, suppress
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.dialect import among, in_list
 from outreach_pipeline.db.models import (
@@ -51,6 +53,10 @@ TIMESTAMPED_RECORDS = {"Open": "ReceivedAt", "Click": "ReceivedAt", "Subscriptio
 MAY_STOP_THE_LEAD = {"Bounce", "SpamComplaint", "SubscriptionChange"}
 # The job column the first delivery, open and click of a message stamps.
 STAMPED_COLUMN = {"Delivery": "delivered_at", "Open": "opened_at", "Click": "clicked_at"}
+# The Metadata key every message we send carries its job's id in (core/compose.py); Postmark echoes it back.
+JOB_ID_METADATA = "job_id"
+# Where a stop signal names the address it concerns.
+RECIPIENT_FIELD = {"Bounce": "Email", "SpamComplaint": "Email", "SubscriptionChange": "Recipient"}
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,23 @@ def record_type_of(payload: dict[str, Any], default: str) -> str:
     return str(payload.get("RecordType") or default)
 
 
-def _soft_bounce_filter() -> ColumnElement[bool]:
-    return (WebhookEvent.record_type == "Bounce") & WebhookEvent.payload["Type"].as_string().in_(SOFT_BOUNCE_TYPES)
+def bounces_of(types: set[str]) -> ColumnElement[bool]:
+    """Webhook events that are bounces of one of `types` (also read by core/bounce_guard.py)."""
+    return (WebhookEvent.record_type == "Bounce") & WebhookEvent.payload["Type"].as_string().in_(sorted(types))
+
+
+def _counts() -> tuple[Any, Any]:
+    """The lead's pending jobs and its soft bounces recorded, as subqueries of a target query."""
+    pending = (select(func.count()).where(EmailJob.lead_id == Lead.id, EmailJob.status == JobStatus.PENDING)
+               .correlate(Lead).scalar_subquery())
+    soft = (select(func.count()).select_from(WebhookEvent)
+            .where(WebhookEvent.lead_id == Lead.id, bounces_of(SOFT_BOUNCE_TYPES)).correlate(Lead).scalar_subquery())
+    return pending, soft
+
+
+def _target_select(pending: Any, soft: Any, key: Any) -> Select[Any]:
+    return (select(EmailJob.id, EmailJob.lead_id, Lead.status, Lead.email_key, Campaign.owner_id, pending, soft, key)
+            .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id))
 
 
 # Built once per dialect: SQLAlchemy memoises a statement's cache key on the object, so a reused statement
@@ -114,24 +135,42 @@ def _target_query(postgresql: bool) -> Select[Any]:
     """The sent emails named in `message_ids`, with the lead's pending jobs and soft bounces counted only for
     those also in `counted` (records that may stop the lead): one query for a whole batch."""
     counted = in_list(EmailJob.provider_message_id, "counted", postgresql)
-    pending = (select(func.count()).where(EmailJob.lead_id == Lead.id, EmailJob.status == JobStatus.PENDING)
-               .correlate(Lead).scalar_subquery())
-    soft = (select(func.count()).select_from(WebhookEvent)
-            .where(WebhookEvent.lead_id == Lead.id, _soft_bounce_filter()).correlate(Lead).scalar_subquery())
+    pending, soft = _counts()
     # A CASE runs its subqueries only for the rows that take that branch.
-    return (select(EmailJob.id, EmailJob.lead_id, Lead.status, Lead.email_key, Campaign.owner_id,
-                   case((counted, pending), else_=0), case((counted, soft), else_=0), EmailJob.provider_message_id)
-            .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == Lead.campaign_id)
+    return (_target_select(case((counted, pending), else_=0), case((counted, soft), else_=0),
+                           EmailJob.provider_message_id)
             .where(in_list(EmailJob.provider_message_id, "message_ids", postgresql)))
 
 
+def _job_target_query(postgresql: bool) -> Select[Any]:
+    """The jobs `job_ids` names, counted: stop signals whose message is not recorded yet (see `_by_job`)."""
+    return _target_select(*_counts(), EmailJob.id).where(in_list(EmailJob.id, "job_ids", postgresql))
+
+
 _TARGETS = {dialect: _target_query(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
+_JOB_TARGETS = {dialect: _job_target_query(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
 _JOBS = EmailJob.__table__
 _EVENTS = WebhookEvent.__table__
-# SQLite: the rows as one multi-row INSERT (SQLAlchemy's insertmanyvalues). Which were stored is told by
-# their keys, as RETURNING gives no row for a conflict.
-_STORE_ROWS = sqlite.insert(_EVENTS).on_conflict_do_nothing(index_elements=["provider", "record_type", "provider_id"]) \
-    .returning(_EVENTS.c.id, _EVENTS.c.record_type, _EVENTS.c.provider_id)
+# A stop signal stored without a lead (its message was not recorded yet: still SENDING after a crash, or in
+# the moment between the provider's answer and our commit, with no job id in its Metadata) is kept for
+# review; its replay, once the job is recorded, takes that row over and acts (the conflict updates the row
+# and RETURNING gives it, as for a new event) instead of stopping as a duplicate. Any other replay, and a
+# replay still unmatched, changes nothing. Simplest correct: no second table nor re-scan after each send,
+# the unique key stays the one guard against acting twice (the row gets its lead: no third time).
+def _store_rows() -> Any:
+    """SQLite: the rows as one multi-row INSERT (SQLAlchemy's insertmanyvalues). Which were stored is told by
+    their keys, as RETURNING gives no row for a conflict left alone."""
+    statement = sqlite.insert(_EVENTS)
+    return statement.on_conflict_do_update(
+        index_elements=["provider", "record_type", "provider_id"],
+        set_={name: statement.excluded[name] for name in ("job_id", "lead_id", "outcome", "processed_at")},
+        where=_EVENTS.c.lead_id.is_(None) & statement.excluded.lead_id.is_not(None)
+        # Written into the SQL: an executemany takes no expanding IN parameter.
+        & _EVENTS.c.record_type.in_([literal_column(f"'{name}'") for name in sorted(MAY_STOP_THE_LEAD)]),
+    ).returning(_EVENTS.c.id, _EVENTS.c.record_type, _EVENTS.c.provider_id)
+
+
+_STORE_ROWS = _store_rows()
 # PostgreSQL: the rows in one JSON parameter, so the statement's text is the same for any batch (psycopg
 # parses a many-row VALUES list afresh each time) and the C json encoder does the per-row work.
 _STORE_JSON = text("""
@@ -140,7 +179,11 @@ _STORE_JSON = text("""
     SELECT 'postmark', v.record_type, v.provider_id, v.payload, v.job_id, v.lead_id, v.outcome, :now, :now
     FROM json_to_recordset(CAST(:rows AS json))
         AS v(record_type varchar, provider_id varchar, payload jsonb, job_id integer, lead_id integer, outcome varchar)
-    ON CONFLICT (provider, record_type, provider_id) DO NOTHING
+    ON CONFLICT (provider, record_type, provider_id) DO UPDATE
+        SET job_id = EXCLUDED.job_id, lead_id = EXCLUDED.lead_id, outcome = EXCLUDED.outcome,
+            processed_at = EXCLUDED.processed_at
+        WHERE webhook_events.lead_id IS NULL AND EXCLUDED.lead_id IS NOT NULL
+            AND webhook_events.record_type IN ('Bounce', 'SpamComplaint', 'SubscriptionChange')
     RETURNING id, record_type, provider_id
 """)
 
@@ -155,6 +198,42 @@ def _targets(session: Session, message_ids: set[str], counted: set[str]) -> dict
             "message_ids": sorted(message_ids), "counted": sorted(counted)}):
         targets.setdefault(message_id, Target(*columns))
     return targets
+
+
+def _by_job(session: Session, events: list[_Event]) -> dict[int, Target]:
+    """Targets of stop signals whose MessageID names no recorded email (still SENDING awaiting reconciliation,
+    or answered by the provider but not committed yet), by the job id our Metadata carries, by event index.
+    Taken only when that job's lead has the address the event names, so an id that is not ours (another
+    database's, a hand-made payload) stops nobody. One query, run only when such events come.
+    No fallback to the address alone: without a job the owner is unknown, and one tenant's complaint must
+    not stop another's lead. Every message we send carries its job id, and a job gone went with its lead
+    (or campaign): then nothing is left to stop and the event is kept for review."""
+    wanted = {e.index: job_id for e in events if (job_id := _metadata_job_id(e.payload)) is not None}
+    if not wanted:
+        return {}
+    connection = session.connection()
+    jobs = {job_id: Target(*columns) for *columns, job_id in connection.execute(
+        _JOB_TARGETS[connection.dialect.name], {"job_ids": sorted(set(wanted.values()))})}
+    found: dict[int, Target] = {}
+    for event in events:
+        target = jobs.get(wanted.get(event.index, 0))
+        if target is not None and target.email_key == _recipient(event):
+            found[event.index] = target
+    return found
+
+
+def _metadata_job_id(payload: dict[str, Any]) -> int | None:
+    metadata = payload.get("Metadata")
+    value = metadata.get(JOB_ID_METADATA) if isinstance(metadata, dict) else None
+    try:
+        job_id = int(str(value))
+    except ValueError:
+        return None
+    return job_id if 0 < job_id < 2**31 else None  # an id the integer column can hold: no DataError
+
+
+def _recipient(event: _Event) -> str:
+    return str(event.payload.get(RECIPIENT_FIELD.get(event.record_type, "")) or "").strip().lower()
 
 
 def _stop_lead(status: LeadStatus | None, target: Target, suppression_reason: str, skip_reason: str,
@@ -225,7 +304,8 @@ def _engagement(record_type: str, verb: str, unknown: str) -> Handler:
 
 
 def _on_subscription_change(payload: dict[str, Any], target: Target | None) -> Action:
-    """Postmark's own suppression list changed: SuppressSending true suppresses, false lifts ours too."""
+    """Postmark's own suppression list changed: SuppressSending true suppresses, false lifts what mirrored it
+    (core/suppression.py: PROVIDER_REASONS), never a complaint, an unsubscribe or a manual entry of ours."""
     if target is None:
         return Action("SubscriptionChange recorded")  # for a message we did not send
     lead = target.lead_id
@@ -235,8 +315,8 @@ def _on_subscription_change(payload: dict[str, Any], target: Target | None) -> A
             f"lead {lead} suppressed by the provider ({reason}); {skipped} pending job(s) skipped"))
 
     def lift(session: Session) -> str | None:
-        lifted = lift_suppression(session, target.owner_id, target.email_key)
-        return None if lifted else f"lead {lead} was not suppressed"
+        lifted = lift_provider_suppression(session, target.owner_id, target.email_key)
+        return None if lifted else f"lead {lead} had no provider suppression to lift"
 
     return Action(f"suppression of lead {lead} lifted", target.job_id, lead, lift)
 
@@ -280,12 +360,15 @@ def _plan(session: Session, events: list[_Event]) -> tuple[list[tuple[_Event, Ac
     concerned = [e for e in events if e.message_id and e.record_type in HANDLERS]
     targets = _targets(session, {e.message_id for e in concerned},
                        {e.message_id for e in concerned if e.record_type in MAY_STOP_THE_LEAD})
+    # A stop signal must not be lost for want of a recorded MessageID: fall back to the job id it echoes.
+    by_job = _by_job(session, [e for e in events if e.record_type in MAY_STOP_THE_LEAD
+                               and e.message_id not in targets])
     planned: list[tuple[_Event, Action]] = []
     later: list[_Event] = []
     claimed: set[tuple[Any, ...]] = set()  # leads and (owner, address) pairs a planned event may change
     for event in events:
         handler = HANDLERS.get(event.record_type)
-        target = targets.get(event.message_id) if handler is not None else None
+        target = (targets.get(event.message_id) or by_job.get(event.index)) if handler is not None else None
         if event.record_type == "Inbound":  # only ever alone (handle_postmark_events)
             action = _on_inbound(session, event.payload)
         elif handler is None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts
+from outreach_pipeline.db.dialect import among
 from outreach_pipeline.db.models import Suppression
+
+# Entries that mirror the provider's own suppression list, the only ones its reactivation (a
+# SubscriptionChange with SuppressSending false) lifts: a SubscriptionChange that suppressed the address (its
+# SuppressionReason, or "provider" when it gave none), a hard bounce (the provider deactivates a hard-bounced
+# address; reactivating it there says it works again) and a send the provider refused as inactive. A spam
+# complaint (ours, or the provider's "SpamComplaint"), an unsubscribe through our link, a manual entry and three
+# soft bounces (our rule, not the provider's) are our own judgements: no provider event undoes them.
+PROVIDER_REASONS = frozenset({"provider", "HardBounce", "ManualSuppression", "bounce", "inactive"})
 
 
 def domain_entry(domain: str) -> str:
@@ -21,16 +31,38 @@ def suppress(session: Session, owner_id: int, email: str, reason: str) -> None:
 
 
 def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> None:
-    """Put (owner, address, reason) entries on the list in one statement; one already there keeps its reason."""
-    first: dict[tuple[int, str], str] = {}
+    """Put (owner, address, reason) entries on the list in one statement. One already there keeps its reason,
+    unless it only mirrors the provider's list and the new one is ours: a complaint after the provider's
+    suppression must outlive a reactivation there."""
+    chosen: dict[tuple[int, str], str] = {}
     for owner_id, email, reason in entries:
-        first.setdefault((owner_id, email.strip().lower()), reason)
-    rows = sorted(first.items())  # in key order: concurrent writers take the index's locks in one order
+        key = (owner_id, email.strip().lower())
+        if key not in chosen or _outranks(reason, chosen[key]):
+            chosen[key] = reason
+    rows = sorted(chosen.items())  # in key order: concurrent writers take the index's locks in one order
     if rows:
         # Core rows, not ORM objects: the batch of webhook events that stops leads runs this once for all.
-        statement = insert_ignoring_conflicts(session, Suppression.__table__, ["owner_id", "email"])
-        session.connection().execute(statement, [
+        connection = session.connection()
+        connection.execute(_UPSERTS[connection.dialect.name], [
             {"owner_id": owner_id, "email": email, "reason": reason} for (owner_id, email), reason in rows])
+
+
+def _outranks(reason: str, held: str) -> bool:
+    return held in PROVIDER_REASONS and reason not in PROVIDER_REASONS
+
+
+def _upsert(postgres: bool) -> Any:
+    """INSERT ... ON CONFLICT: an entry already there takes the new reason only if that one outranks it."""
+    table = Suppression.__table__
+    statement = (postgresql.insert if postgres else sqlite.insert)(table)
+    # Written into the SQL: an executemany takes no expanding IN parameter.
+    reasons = [literal_column(f"'{reason}'") for reason in sorted(PROVIDER_REASONS)]
+    return statement.on_conflict_do_update(
+        index_elements=["owner_id", "email"], set_={"reason": statement.excluded.reason},
+        where=table.c.reason.in_(reasons) & statement.excluded.reason.not_in(reasons))
+
+
+_UPSERTS = {"postgresql": _upsert(True), "sqlite": _upsert(False)}  # built once: see core/stops.py
 
 
 def suppress_domain(session: Session, owner_id: int, domain: str, reason: str = "manual") -> None:
@@ -38,9 +70,12 @@ def suppress_domain(session: Session, owner_id: int, domain: str, reason: str = 
     suppress(session, owner_id, domain_entry(domain), reason)
 
 
-def lift_suppression(session: Session, owner_id: int, email: str) -> bool:
-    result = session.execute(delete(Suppression).where(Suppression.owner_id == owner_id,
-                                                       Suppression.email == email.strip().lower()))
+def lift_provider_suppression(session: Session, owner_id: int, email: str) -> bool:
+    """The provider reactivated the address: lift the owner's entry if it only mirrors the provider's list
+    (PROVIDER_REASONS); our own stand. Whether one was lifted."""
+    result = session.execute(delete(Suppression).where(
+        Suppression.owner_id == owner_id, Suppression.email == email.strip().lower(),
+        Suppression.reason.in_(sorted(PROVIDER_REASONS))))
     return bool(result.rowcount)
 
 
