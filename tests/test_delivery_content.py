@@ -4,6 +4,7 @@ pre-flight and suppression rules that decide whether it goes at all."""
 from __future__ import annotations
 
 import html
+import time
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.placeholders import render
 from outreach_pipeline.core.suppression import suppress_domain
 from outreach_pipeline.core.templates import TemplateInput, save_template
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, User
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, Template, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.settings import Settings
 from tests.fakes.postmark import FakePostmark
@@ -68,6 +69,27 @@ def test_lead_values_are_escaped_in_html_and_never_put_a_line_break_in_a_header(
         assert "Ada Ltd, 1 Main St, Springfield" in message["HtmlBody"]
 
 
+def test_a_template_with_its_own_html_version_sends_that_html_with_lead_values_escaped(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 2)
+    with session_scope(sessions) as session:
+        first, second = session.scalars(select(Lead).where(Lead.campaign_id == seeded.campaign_id).order_by(Lead.id))
+        first.first_name, second.first_name = "<b>Eve</b> & co", None
+        template = session.scalar(select(Template).where(Template.campaign_id == seeded.campaign_id))
+        assert template is not None
+        template.html_body = "<p>Hi <strong>{{first_name|Tom & Jerry}}</strong>,</p>\n<p>step 1.</p>"
+
+    send(sessions, fake_postmark)
+
+    eve, other = sorted(fake_postmark.messages, key=lambda m: m["To"])
+    assert eve["HtmlBody"].startswith("<div><p>Hi <strong>&lt;b&gt;Eve&lt;/b&gt; &amp; co</strong>,</p>\n<p>step 1.</p>"
+                                      "</div>")
+    assert other["HtmlBody"].startswith("<div><p>Hi <strong>Tom & Jerry</strong>,</p>")  # the template's own HTML
+    assert "Unsubscribe</a>" in eve["HtmlBody"]
+    assert eve["TextBody"].startswith("Hi <b>Eve</b> & co, step 1.")  # the text part from the text body
+
+
 def test_a_fallback_is_escaped_once_in_html_and_a_lead_value_always() -> None:
     template = html.escape("Hi {{first_name|Tom & Jerry}}, {{company|<none>}}")  # as compose escapes a template
     assert render(template, {}, escape_html=True) == "Hi Tom &amp; Jerry, &lt;none&gt;"
@@ -94,6 +116,41 @@ def test_follow_ups_thread_under_the_first_email_unless_the_step_says_not_to(
     assert third["Subject"] == "Hello Acme" and "In-Reply-To" not in _headers(third)
     assert [m["Metadata"]["step"] for m in (first, second, third)] == ["1", "2", "3"]
     del seeded
+
+
+
+def test_a_first_email_the_reconciler_settles_keeps_its_subject_and_variant_for_the_follow_up(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 2, steps=[StepSpec(), StepSpec(delay_days=2)])
+    with session_scope(sessions) as session:  # an A/B test on step 1: one lead gets each variant
+        save_template(session, session.get_one(Campaign, seeded.campaign_id), TemplateInput(
+            step_number=1, variant="B", subject="Quick question, {{company}}", body="Hi {{first_name|there}}."))
+    fake_postmark.latency_s = 0.5  # Postmark accepts the batch after our client has given up waiting
+    assert send(sessions, fake_postmark, timeout=0.2).uncertain == 2
+    fake_postmark.latency_s = 0
+    deadline = time.monotonic() + 5
+    while len(fake_postmark.messages) < 2 and time.monotonic() < deadline:  # the late batch lands
+        time.sleep(0.05)
+
+    # Once the lease has passed, the reconciler finds both at Postmark and records them as sent.
+    assert send(sessions, fake_postmark, datetime.now(UTC) + timedelta(minutes=16)).reconciled_sent == 2
+    firsts = {m["Metadata"]["job_id"]: m for m in fake_postmark.messages}
+    with session_scope(sessions) as session:
+        settled = session.execute(select(EmailJob.id, EmailJob.subject, Template.subject.label("template"))
+                                  .join(Template, Template.id == EmailJob.template_id)).all()
+        session.execute(update(EmailJob).where(EmailJob.step_number == 2)
+                        .values(due_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert sorted(template for *_, template in settled) == ["Hello {{company}}", "Quick question, {{company}}"]
+    assert {str(job_id): subject for job_id, subject, _ in settled} == {
+        job_id: message["Subject"] for job_id, message in firsts.items()}
+
+    assert send(sessions, fake_postmark).sent == 2
+    by_lead = {m["To"]: m for m in fake_postmark.messages[:2]}
+    for follow_up in fake_postmark.messages[2:]:
+        first = by_lead[follow_up["To"]]
+        assert follow_up["Subject"] == f"Re: {first['Subject']}"
+        assert _headers(follow_up)["In-Reply-To"] == f"<{first['MessageID']}@mtasv.net>"
 
 
 def test_a_suppressed_domain_stops_mail_to_every_address_there_in_every_campaign(

@@ -12,23 +12,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
 from outreach_pipeline.core.compose import SenderConfig
-from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, SendPolicy, dispatch_due
+from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.templates import TemplateInput, save_template
 from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
+from outreach_pipeline.mail.message import OutgoingEmail, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
 
@@ -152,6 +155,92 @@ def test_several_sender_processes_on_one_database_send_each_job_exactly_once(
         assert sum(r["sent"] for r in reports) == 600
         assert sum(1 for r in reports if r["sent"] > 0) >= 2  # the work really was shared
         assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 600}
+    finally:
+        engine.dispose()
+
+
+class _Gated(PostmarkMailer):
+    """Postmark through postmarker, but every batch waits at Postmark's door until the gate opens."""
+
+    def __init__(self, fake: FakePostmark) -> None:
+        super().__init__(fake.server_token, fake.url, "outbound")
+        self.held: list[int] = []  # the jobs of the batches waiting at the door
+        self.gate = threading.Event()
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        self.held += [int(m.metadata["job_id"]) for m in messages]
+        self.gate.wait(30)
+        return super().send_batch(messages)
+
+
+def _mailer(fake: FakePostmark) -> PostmarkMailer:
+    return PostmarkMailer(fake.server_token, fake.url, "outbound")
+
+
+def _held_with_a_full_queue(sessions: sessionmaker[Session], seeded: Seeded, fake: FakePostmark, now: datetime,
+                            leads: int) -> tuple[_Gated, threading.Thread, list[DispatchReport]]:
+    """Run A, started at `now`, one job per batch: both its senders hold a batch at Postmark's door and
+    behind them three claimed batches wait (two in the queue, one in the claimer's hand)."""
+    gated, reports = _Gated(fake), []
+    run = threading.Thread(target=lambda: reports.append(dispatch_due(
+        sessions, gated, CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=1, concurrency=2), now=now)))
+    run.start()
+    _wait_for(lambda: len(gated.held) == 2 and _job_statuses(sessions, seeded.campaign_id)
+              == {JobStatus.SENDING: 5, JobStatus.PENDING: leads - 5}, 20, "a full queue of claimed batches")
+    return gated, run, reports
+
+
+@pytest.mark.postgres
+def test_a_run_longer_than_the_lease_keeps_its_claims_from_another_runs_reconciler(
+    postgres_url: str, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 6)
+        # Run A started half an hour ago, longer than the 15-minute lease; its claims are a few moments old.
+        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark,
+                                                    datetime.now(UTC) - timedelta(minutes=30), 6)
+        try:
+            second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
+                                  policy=SendPolicy(batch_size=10))
+        finally:
+            gated.gate.set()
+            run.join(30)
+
+        assert (second.reconciled_requeued, second.sent, first[0].sent) == (0, 1, 5)
+        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+        assert len(per_job) == 6 and set(per_job.values()) == {1}, per_job
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 6}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_batch_the_reconciler_took_back_while_it_waited_to_be_sent_is_not_sent_by_its_claimer(
+    postgres_url: str, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 8)
+        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark, datetime.now(UTC), 8)
+        try:
+            with session_scope(sessions) as session:  # the three waiting batches wait past the lease
+                session.execute(update(EmailJob).where(EmailJob.status == JobStatus.SENDING,
+                                                       EmailJob.id.not_in(gated.held))
+                                .values(claimed_at=EmailJob.claimed_at - text("interval '20 minutes'")))
+            second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
+                                  policy=SendPolicy(batch_size=10))
+        finally:
+            gated.gate.set()
+            run.join(30)
+
+        # Run B took the three back and sent them with the three never claimed; A sent only its two.
+        assert (second.reconciled_requeued, second.sent, first[0].sent) == (3, 6, 2)
+        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+        assert len(per_job) == 8 and set(per_job.values()) == {1}, per_job
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 8}
     finally:
         engine.dispose()
 

@@ -19,7 +19,7 @@ from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, SenderPacing, Suppression
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
-from outreach_pipeline.mail.message import MailerAccountError
+from outreach_pipeline.mail.message import MailerAccountError, SendOutcome
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
 from tests.test_delivery_processes import CONFIG, seed_campaign
@@ -251,3 +251,115 @@ def test_a_timeout_after_the_request_went_out_is_never_resent_blind(
 def test_a_200_answer_without_error_code_is_a_success() -> None:
     result = PostmarkMailer._result({"To": "a@b.example", "MessageID": "abc", "Message": "OK"})
     assert (result.sent, result.provider_message_id, result.message_id_header) == (True, "abc", "<abc@mtasv.net>")
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+def test_a_proxy_error_without_postmarks_error_code_is_retried_by_its_http_status(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark, status: int
+) -> None:
+    seed_campaign(sessions, 2)
+    fake_postmark.fail_next_from_proxy(status)  # {"message": ...}: postmarker finds no ErrorCode in it
+    fake_postmark.fail_next(502, ["bad gateway"])  # a JSON body that is not even an object
+
+    report = send(sessions, fake_postmark)
+
+    assert (report.sent, report.retried) == (2, 2)
+    assert set(_status_attempts(sessions)) == {(JobStatus.SENT, 1)}
+
+
+def test_a_proxy_4xx_without_postmarks_error_code_stops_the_run_with_every_job_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seed_campaign(sessions, 2)
+    fake_postmark.fail_next_from_proxy(403)
+
+    with pytest.raises(MailerAccountError, match="403"):
+        send(sessions, fake_postmark)
+
+    assert fake_postmark.requests == 1 and fake_postmark.messages == []
+    assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
+
+
+# --- the sender ----------------------------------------------------------------------------------
+
+
+def _lead_statuses(sessions: sessionmaker[Session]) -> set[LeadStatus]:
+    with session_scope(sessions) as session:
+        return set(session.scalars(select(Lead.status)))
+
+
+def test_a_from_address_postmark_refuses_stops_the_run_and_fails_no_lead(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 3)
+    with session_scope(sessions) as session:  # stored before campaigns validated it; Postmark answers 300
+        session.get_one(Campaign, seeded.campaign_id).sender_email = "ada,ops@sender.example"
+
+    with pytest.raises(MailerAccountError, match="Invalid 'From' address"):
+        send(sessions, fake_postmark)
+
+    assert fake_postmark.messages == []
+    assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
+    assert _lead_statuses(sessions) == {LeadStatus.PENDING}
+
+
+def test_a_sender_signature_refused_in_a_mixed_batch_keeps_what_was_sent_and_the_rest_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    good = seed_campaign(sessions, 2)
+    unsigned = seed_campaign(sessions, 2, sender_email="bo@unsigned.example")
+    fake_postmark.sender_signatures = {"ada@sender.example"}  # bo@ answers ErrorCode 400, message by message
+
+    with pytest.raises(MailerAccountError, match=r"400.*not a Sender Signature"):
+        send(sessions, fake_postmark)
+
+    assert len(fake_postmark.messages) == 2
+    assert {status for *_, status, _ in jobs(sessions, good.campaign_id)} == {JobStatus.SENT}
+    assert {status for *_, status, _ in jobs(sessions, unsigned.campaign_id)} == {JobStatus.PENDING}
+    assert _lead_statuses(sessions) == {LeadStatus.CONTACTED, LeadStatus.PENDING}
+
+    fake_postmark.sender_signatures.add("bo@unsigned.example")  # the operator confirms the signature
+    assert send(sessions, fake_postmark).sent == 2
+    assert len(fake_postmark.messages) == 4
+
+
+@pytest.mark.parametrize(("code", "message", "outcome"), [
+    (300, "Invalid 'To' address: 'broken@nodot'.", SendOutcome.INVALID_RECIPIENT),
+    (300, "Invalid 'To' address: ''From'@example.com'.", SendOutcome.INVALID_RECIPIENT),  # a valid lead address
+    (300, "Invalid 'From' address: 'Ada <ada,ops@sender.example>'.", SendOutcome.SENDER_REFUSED),
+    (300, "Invalid 'Sender' address.", SendOutcome.SENDER_REFUSED),
+    (406, "You tried to send to recipient(s) that have been marked as inactive.", SendOutcome.INACTIVE_RECIPIENT),
+    (400, "The 'From' address you supplied is not a Sender Signature on your account.", SendOutcome.SENDER_REFUSED),
+    (401, "Sender signature not confirmed.", SendOutcome.SENDER_REFUSED),
+    (405, "Not allowed to send: you have run out of credits.", SendOutcome.SENDER_REFUSED),
+    (412, "Your account is pending approval.", SendOutcome.SENDER_REFUSED),
+    (413, "Account may not send.", SendOutcome.SENDER_REFUSED),
+    (411, "Forbidden attachment type.", SendOutcome.REJECTED),
+])
+def test_a_per_message_error_is_the_recipients_only_when_postmark_says_so(
+    code: int, message: str, outcome: SendOutcome
+) -> None:
+    assert PostmarkMailer._result({"ErrorCode": code, "Message": message}).outcome == outcome
+
+
+def test_campaigns_without_their_own_sender_share_the_default_addresss_cap_and_gap(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    # Two campaigns send from the configured default (CONFIG: team@sender.example), one names it itself.
+    seeded = [seed_campaign(sessions, 3, sender_email=""), seed_campaign(sessions, 3, sender_email=""),
+              seed_campaign(sessions, 3, sender_email="Team@Sender.example")]
+    with session_scope(sessions) as session:
+        session.add(SenderLimit(email="team@sender.example", daily_cap=4))
+
+    assert send(sessions, fake_postmark).sent == 4
+    assert send(sessions, fake_postmark).sent == 0
+
+    with session_scope(sessions) as session:
+        session.execute(update(SenderLimit).values(daily_cap=100))
+        for campaign in seeded:
+            session.get_one(Campaign, campaign.campaign_id).send_gap_seconds = 600
+    now = datetime.now(UTC)
+    assert send(sessions, fake_postmark, now).sent == 1  # one for the address, not one per campaign
+    assert send(sessions, fake_postmark, now + timedelta(minutes=9)).sent == 0
+    with session_scope(sessions) as session:
+        assert session.get(SenderPacing, "team@sender.example") is not None

@@ -5,18 +5,23 @@ and not counted again), then each active campaign with due jobs claims what its 
 follow-ups before first emails. On PostgreSQL the campaign row (and its sender's cap row) is locked
 for the claim transaction so concurrent senders never both spend the same budget, and the jobs
 themselves are taken with FOR UPDATE SKIP LOCKED so they never take the same job.
+
+Two clocks: `now` schedules (windows, daily caps, the gap) and may be any moment a run is asked to act at;
+`claimed_at` is the wall clock when the claim was made, which the lease is measured from, and doubles as
+the claim's token: a sender renews its claim just before sending and sends only what is still its own.
 """
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from email.utils import parseaddr
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.schedule_window import SendingWindow, local_day_start, next_opening, zone_or_utc
-from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
+from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit, SenderPacing
 
 _ALWAYS_OPEN = and_(Campaign.window_start_hour == 0, Campaign.window_end_hour >= 24,
@@ -64,39 +69,50 @@ def _used_today(session: Session, since: datetime, *conditions: object) -> int:
     return session.connection().scalar(select(sent.scalar_subquery() + sending.scalar_subquery())) or 0
 
 
-def remaining_today(session: Session, campaign: Campaign, now: datetime) -> int:
+def sender_address(campaign: Campaign, default_from: str) -> str:
+    """The address the campaign's mail goes out from, lowercased: its own, else the configured default From
+    (which may carry a display name); "" only when neither is set."""
+    return (campaign.sender_email or parseaddr(default_from)[1]).lower()
+
+
+def _campaigns_sending_from(sender: str, default_from: str) -> object:
+    """Campaigns whose mail goes out from `sender`, those using the default From included."""
+    default = parseaddr(default_from)[1]
+    used = func.coalesce(func.nullif(Campaign.sender_email, ""), literal(default))
+    return EmailJob.campaign_id.in_(select(Campaign.id).where(func.lower(used) == sender))
+
+
+def remaining_today(session: Session, campaign: Campaign, now: datetime, default_from: str = "") -> int:
     """The campaign's daily cap, and its sender address's cap, minus what each has used today (local day)."""
     since = local_day_start(zone_or_utc(campaign.timezone), now)
     left = campaign.daily_cap - _used_today(session, since, EmailJob.campaign_id == campaign.id)
-    sender = (campaign.sender_email or "").lower()
+    sender = sender_address(campaign, default_from)
     cap = session.connection().scalar(
         select(SenderLimit.daily_cap).where(SenderLimit.email == sender)) if sender else None
     if cap is not None:
-        same_sender = EmailJob.campaign_id.in_(select(Campaign.id).where(func.lower(Campaign.sender_email) == sender))
-        left = min(left, cap - _used_today(session, since, same_sender))
+        left = min(left, cap - _used_today(session, since, _campaigns_sending_from(sender, default_from)))
     return max(left, 0)
 
 
-def _lock(session: Session, campaign: Campaign) -> None:
+def _lock(session: Session, campaign: Campaign, sender: str) -> None:
     # Serialises budget arithmetic per campaign and per sender address across concurrent senders.
     if is_postgresql(session):
         connection = session.connection()
         connection.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
-        sender = (campaign.sender_email or "").lower()
         connection.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
 
 
-def _sender_pacing(session: Session, campaign: Campaign) -> SenderPacing:
+def _sender_pacing(session: Session, campaign: Campaign, sender: str) -> SenderPacing:
     """The sender address's pacing row, made on first use; locked for this claim on PostgreSQL, so two
     campaigns sending from one address never both take its next slot."""
-    key = (campaign.sender_email or "").lower() or f"campaign:{campaign.id}"
+    key = sender or f"campaign:{campaign.id}"
     session.execute(insert_ignoring_conflicts(session, SenderPacing, ["email"]), [{"email": key}])
     # populate_existing: read next_send_at as it is once the lock is ours, not as first loaded.
     query = select(SenderPacing).where(SenderPacing.email == key).execution_options(populate_existing=True)
     return session.scalars(query.with_for_update() if is_postgresql(session) else query).one()
 
 
-def _claim_step(session: Session, campaign_id: int, due_before: datetime, now: datetime, follow_ups: bool,
+def _claim_step(session: Session, campaign_id: int, due_before: datetime, claimed_at: datetime, follow_ups: bool,
                 limit: int) -> list[int]:
     step = EmailJob.step_number > 1 if follow_ups else EmailJob.step_number == 1
     due = (select(EmailJob.id)
@@ -112,25 +128,27 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, now: d
     return list(session.connection().scalars(
         update(EmailJob)
         .where(EmailJob.id == chosen.c.id, EmailJob.status == JobStatus.PENDING)
-        .values(status=JobStatus.SENDING, attempts=EmailJob.attempts + 1, claimed_at=now)
+        .values(status=JobStatus.SENDING, attempts=EmailJob.attempts + 1, claimed_at=claimed_at)
         .returning(EmailJob.id)
     ).all())
 
 
-def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int) -> list[int]:
-    """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first."""
-    _lock(session, campaign)
-    budget = min(limit, remaining_today(session, campaign, now))
-    pacing = _sender_pacing(session, campaign) if campaign.send_gap_seconds > 0 else None
+def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int,
+                       claimed_at: datetime, default_from: str = "") -> list[int]:
+    """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`."""
+    sender = sender_address(campaign, default_from)
+    _lock(session, campaign, sender)
+    budget = min(limit, remaining_today(session, campaign, now, default_from))
+    pacing = _sender_pacing(session, campaign, sender) if campaign.send_gap_seconds > 0 else None
     if pacing is not None:
         if pacing.next_send_at is not None and pacing.next_send_at > now:
             return []
         budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the address's next
     if budget <= 0:
         return []
-    claimed = _claim_step(session, campaign.id, due_before, now, True, budget)
+    claimed = _claim_step(session, campaign.id, due_before, claimed_at, True, budget)
     if len(claimed) < budget:
-        claimed += _claim_step(session, campaign.id, due_before, now, False, budget - len(claimed))
+        claimed += _claim_step(session, campaign.id, due_before, claimed_at, False, budget - len(claimed))
     if claimed and pacing is not None:
         pacing.next_send_at = now + timedelta(seconds=campaign.send_gap_seconds * (1 + random.random()))
     return sorted(claimed)
@@ -144,12 +162,29 @@ def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]
     ).all())
 
 
-def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime) -> list[int]:
-    """Mark up to `limit` due, in-window, within-budget jobs SENDING and return their ids."""
+def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime, claimed_at: datetime,
+                   default_from: str = "") -> list[int]:
+    """Mark up to `limit` due, in-window, within-budget jobs SENDING, claimed at `claimed_at` (the wall clock,
+    which the lease runs from), and return their ids. `default_from` is the From of campaigns without one."""
     claimed: list[int] = []
     for campaign_id in campaigns_with_due_jobs(session, due_before):
         if len(claimed) >= limit:
             break
         campaign = session.get_one(Campaign, campaign_id)
-        claimed += claim_for_campaign(session, campaign, due_before, now, limit - len(claimed))
+        claimed += claim_for_campaign(session, campaign, due_before, now, limit - len(claimed), claimed_at,
+                                      default_from)
     return claimed
+
+
+def renew_claim(session: Session, job_ids: list[int], claimed_at: datetime, renewed_at: datetime) -> list[int]:
+    """Restart the lease of jobs claimed at `claimed_at` that are still this claim's, and return those.
+
+    A batch may wait after its claim (queued behind others): by then a reconciler may have taken a job back
+    as abandoned and another run claimed it again. Only jobs still SENDING under this very claim are ours
+    to send; the reconciler locks a job before settling it, so the two never both win."""
+    return sorted(session.connection().scalars(
+        update(EmailJob)
+        .where(among(session, EmailJob.id, job_ids), EmailJob.status == JobStatus.SENDING,
+               EmailJob.claimed_at == claimed_at)
+        .values(claimed_at=renewed_at).returning(EmailJob.id)
+    ).all())

@@ -77,7 +77,8 @@ class _Fixed:
     from_header: str
     subject: str
     body: str
-    escaped_body: str
+    html_template: str  # HTML whose placeholders take escaped values: the template's own, or its text body
+    html_is_text: bool  # made from the text body: its line breaks become <br>
     postal_text: str  # the postal address closing each body, or ""
     postal_html: str
     unsubscribe_base: str  # the lead's reply token completes the link
@@ -93,7 +94,9 @@ class _Fixed:
             from_header=formataddr((sender_name, sender_email)) if sender_name else sender_email,
             subject=template.subject,
             body=template.body,
-            escaped_body=html.escape(template.body),
+            # The HTML version written for the template (by the model or by hand) when it has one.
+            html_template=template.html_body or html.escape(template.body),
+            html_is_text=not template.html_body,
             postal_text=f"{postal}\n" if postal else "",
             postal_html=f'{_FOOTER_STYLE}{html.escape(postal).replace(chr(10), "<br>")}</p>' if postal else "",
             unsubscribe_base=f"{config.app_base_url.rstrip('/')}/unsubscribe/",
@@ -139,7 +142,9 @@ def _compose(job: JobRef, lead: LeadFields, fixed: _Fixed, parent: ThreadParent 
     subject = f"Re: {parent.subject}" if parent is not None else render(fixed.subject, values, header=True)
     text = render(fixed.body, values)
     link = f"{fixed.unsubscribe_base}{lead.reply_token}"
-    html_text = render(fixed.escaped_body, values, escape_html=True).replace("\n", "<br>\n")
+    html_text = render(fixed.html_template, values, escape_html=True)
+    if fixed.html_is_text:
+        html_text = html_text.replace("\n", "<br>\n")
     headers = {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     if parent is not None:
         headers["In-Reply-To"] = parent.message_id_header

@@ -2,9 +2,9 @@
 
 A run that dies between the provider's answer and our commit leaves its jobs SENDING. Once their
 claim is older than the lease (longer than any live run holds a batch), each is looked up at the
-provider by the `job_id` metadata it was sent with: found means it went out (record it SENT), not
-found means it never did (back to PENDING, to be sent by this or a later run). If the provider
-cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
+provider by the `job_id` metadata it was sent with: found means it went out (record it SENT, keeping the subject and template
+recorded when it was composed), not found means it never did (back to PENDING, to be sent by this or a
+later run). If the provider cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
 """
 
 from __future__ import annotations
@@ -55,13 +55,16 @@ def reconcile_stale_jobs(factory: sessionmaker[Session], mailer: Mailer, now: da
             log.warning("reconciler could not ask the provider; %d job(s) stay SENDING: %s", report.unresolved, error)
             break
         with session_scope(factory) as session:
-            job = session.get_one(EmailJob, job_id)
+            # Locked: its run may be renewing the claim to send it right now (claim.renew_claim); one of us wins.
+            job = session.get_one(EmailJob, job_id, with_for_update=True)
             # Another reconciler may have settled it meanwhile; only a still-stale claim is ours to settle.
             if job.status != JobStatus.SENDING or (job.claimed_at is not None and job.claimed_at >= cutoff):
                 continue
             if found is not None:
+                # The subject and template were recorded at compose; the provider's subject, if it tells,
+                # also covers a job composed before they were.
                 mark_sent(session, [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number,
-                                             found.provider_message_id, found.message_id_header)],
+                                             found.provider_message_id, found.message_id_header, found.subject)],
                           job.claimed_at or now)
                 report.found_sent += 1
             else:

@@ -27,6 +27,9 @@ class SendOutcome(StrEnum):
     INVALID_RECIPIENT = "INVALID_RECIPIENT"  # the address can never receive mail
     INACTIVE_RECIPIENT = "INACTIVE_RECIPIENT"  # the provider has stopped mailing it (bounces, complaints)
     REJECTED = "REJECTED"  # any other per-message refusal
+    # The provider refused our sender or account, not this recipient: every message would meet the same
+    # answer, so the run stops and the job waits, PENDING, for the operator to fix the sender.
+    SENDER_REFUSED = "SENDER_REFUSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class SendResult:
     message_id_header: str | None = None  # the RFC 5322 Message-ID, for threading follow-ups
     error_code: int | None = None
     error: str | None = None
+    subject: str | None = None  # as the provider has it, when find_sent can tell
 
     @property
     def sent(self) -> bool:

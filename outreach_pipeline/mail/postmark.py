@@ -2,13 +2,16 @@
 
 postmarker raises `ClientError` for an HTTP error with Postmark's JSON body, `requests` errors for
 anything else, and never raises for a per-message failure inside a 200 batch answer: each of the
-three is mapped here, once.
+three is mapped here, once. An error answer with some other JSON body (a proxy's or gateway's 429/5xx)
+would make postmarker itself fail (KeyError, TypeError): our client raises the plain HTTPError instead.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import requests
@@ -27,6 +30,40 @@ from outreach_pipeline.mail.message import (
 INVALID_EMAIL_REQUEST = 300
 INACTIVE_RECIPIENT = 406
 RATE_LIMITED = 429
+# About our sender or account, never the recipient: bad token, sender signature not found / not confirmed,
+# not allowed to send (no credits), account pending, account may not send. Every message of every lead would
+# meet the same answer, so these stop the run with the jobs PENDING instead of failing lead after lead.
+SENDER_OR_ACCOUNT_CODES = frozenset({10, 400, 401, 405, 412, 413})
+# A 300 is a malformed message, whose field Postmark names first, in quotes: "Invalid 'To' address: ...".
+# The recipient's own address is the lead's fault; a From, Sender or Reply-To address is ours (campaign
+# settings or the configured default), however the address itself is spelled, so only the first quoted word
+# counts (a lead address may hold quotes: "Invalid 'To' address: ''From'@x.example'").
+_SENDER_FIELD_FIRST = re.compile(r"^[^']*'(?:From|Sender|ReplyTo|Reply-To)'", re.IGNORECASE)
+
+
+def _is_about_sender(code: int, message: str) -> bool:
+    if code == INVALID_EMAIL_REQUEST:
+        return _SENDER_FIELD_FIRST.match(message) is not None
+    return code in SENDER_OR_ACCOUNT_CODES
+
+
+def _is_postmark_error(response: requests.Response) -> bool:
+    """Whether an error answer carries Postmark's {"ErrorCode": N, "Message": "..."} body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "ErrorCode" in data and "Message" in data
+
+
+class _Client(PostmarkClient):
+    """postmarker's client, except that an error answer without Postmark's error body raises `HTTPError`
+    (classified by its status) rather than the KeyError or TypeError postmarker would fail with."""
+
+    def check_response(self, response: requests.Response) -> None:
+        if not response.ok and not _is_postmark_error(response):
+            response.raise_for_status()
+        super().check_response(response)
 
 
 def _http_status(error: BaseException) -> int | None:
@@ -53,7 +90,7 @@ class PostmarkMailer:
         # One client (one requests.Session, one keep-alive connection) per sending thread.
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = PostmarkClient(**self._options)
+            client = self._local.client = _Client(**self._options)
         return client
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
@@ -67,7 +104,7 @@ class PostmarkMailer:
             if _is_passing(_http_status(error), error.error_code):
                 raise MailerUnavailableError(str(error)) from error
             raise MailerAccountError(str(error)) from error
-        except requests.HTTPError as error:  # an answer without Postmark's JSON body (a gateway page)
+        except requests.HTTPError as error:  # an answer without Postmark's error body (a gateway or proxy)
             if _is_passing(_http_status(error), None):
                 raise MailerUnavailableError(str(error)) from error
             raise MailerAccountError(str(error)) from error
@@ -91,7 +128,10 @@ class PostmarkMailer:
         except requests.RequestException as error:
             raise MailerUnavailableError(str(error)) from error
         messages = found.get("Messages") or []
-        return self._result({"ErrorCode": 0, "MessageID": messages[0]["MessageID"]}) if messages else None
+        if not messages:
+            return None
+        sent = self._result({"ErrorCode": 0, "MessageID": messages[0]["MessageID"]})
+        return replace(sent, subject=messages[0].get("Subject"))
 
     def _as_postmark(self, message: OutgoingEmail) -> dict[str, Any]:
         fields = {
@@ -119,8 +159,11 @@ class PostmarkMailer:
             # Postmark stamps outbound mail with this Message-ID header (observed, not documented).
             header = f"<{message_id}@mtasv.net>" if message_id else None
             return SendResult(SendOutcome.SENT, provider_message_id=message_id, message_id_header=header)
+        message = str(answer.get("Message", ""))
+        if _is_about_sender(code, message):
+            return SendResult(SendOutcome.SENDER_REFUSED, error_code=code, error=message)
         outcome = {
             INVALID_EMAIL_REQUEST: SendOutcome.INVALID_RECIPIENT,
             INACTIVE_RECIPIENT: SendOutcome.INACTIVE_RECIPIENT,
         }.get(code, SendOutcome.REJECTED)
-        return SendResult(outcome, error_code=code, error=str(answer.get("Message", "")))
+        return SendResult(outcome, error_code=code, error=message)

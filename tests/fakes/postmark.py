@@ -12,10 +12,13 @@ Contract followed (https://postmarkapp.com/developer/api/overview, /email-api, /
 - ``POST /email`` sends one message: HTTP 200 with the result, or HTTP 422 with the error.
 - ``POST /email/batch`` takes a JSON array of at most 500 messages and answers HTTP 200 with one result
   per message, in order, each with its own ``ErrorCode`` (0 accepted, 300 invalid request, 406 inactive
-  recipient); rejected messages carry no ``MessageID``.
+  recipient, 400 sender signature not found); rejected messages carry no ``MessageID``.
 - ``GET /messages/outbound`` searches accepted messages (``count``/``offset`` required, newest first),
   filtered by ``recipient``, ``fromemail``, ``tag``, ``subject``, ``status`` and ``metadata_<key>``;
   ``GET /messages/outbound/{id}/details`` returns one message.
+
+Not Postmark, but met in front of it: ``fail_next_from_proxy`` answers as a proxy or gateway does, an
+HTTP error whose JSON body lacks ``ErrorCode`` (``{"message": "Service Unavailable"}``).
 
 Only the standard library is used; the server runs in a background thread on 127.0.0.1, port 0.
 """
@@ -29,6 +32,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.message import Message
+from http import HTTPStatus
 from email.utils import getaddresses
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +45,7 @@ MAINTENANCE = 100
 INVALID_EMAIL_REQUEST = 300
 INVALID_JSON = 402
 INCOMPATIBLE_JSON = 403
+SENDER_SIGNATURE_NOT_FOUND = 400
 INACTIVE_RECIPIENT = 406
 JSON_REQUIRED = 409
 TOO_MANY_BATCH_MESSAGES = 410
@@ -106,6 +111,8 @@ class FakePostmark(LocalHTTPServer):
         self.server_token = server_token
         # Recipients that answer ErrorCode 406, compared case-insensitively. Mutate freely.
         self.inactive_recipients: set[str] = set()
+        # The account's confirmed sender signatures; when set, any other From address answers ErrorCode 400.
+        self.sender_signatures: set[str] | None = None
         # Seconds to sleep before answering each request.
         self.latency_s: float = 0.0
         self._lock = threading.Lock()
@@ -144,15 +151,21 @@ class FakePostmark(LocalHTTPServer):
             if any(addr.lower() == wanted for _, addr in _parse_addresses(message.get("To")) or [])
         ]
 
-    def fail_next(self, status: int, body: Mapping[str, Any] | str | None = None, times: int = 1) -> None:
+    def fail_next(self, status: int, body: Mapping[str, Any] | list[Any] | str | None = None, times: int = 1) -> None:
         """Answer the next ``times`` requests with HTTP ``status`` and ``body``.
 
         The default body is Postmark's error shape, so postmarker raises ``ClientError``; a ``str`` body is
-        sent as text/plain, which makes postmarker raise ``requests.HTTPError`` instead.
+        sent as text/plain, which makes postmarker raise ``requests.HTTPError`` instead. Any other JSON
+        body goes out as given (see ``fail_next_from_proxy``).
         """
         payload = dict(body) if isinstance(body, Mapping) else body
         with self._lock:
             self._faults.extend([(status, payload if payload is not None else _default_fault_body(status))] * times)
+
+    def fail_next_from_proxy(self, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` requests as a proxy or gateway in front of Postmark does: HTTP ``status``
+        with a JSON body that is not Postmark's (no ``ErrorCode``), e.g. ``{"message": "Bad Gateway"}``."""
+        self.fail_next(status, {"message": HTTPStatus(status).phrase}, times=times)
 
     def reset(self) -> None:
         """Forget recorded messages, counters and pending faults (settings are kept)."""
@@ -235,8 +248,16 @@ class FakePostmark(LocalHTTPServer):
 
     def _validate(self, message: dict[str, Any]) -> tuple[int, str] | None:
         sender = message.get("From")
-        if not sender or _parse_addresses(sender) is None:
+        senders = _parse_addresses(sender) if sender else None
+        if not senders:
             return INVALID_EMAIL_REQUEST, f"Invalid 'From' address: '{sender or ''}'."
+        signatures = self.sender_signatures
+        if signatures is not None and senders[0][1].lower() not in {s.lower() for s in set(signatures)}:
+            return SENDER_SIGNATURE_NOT_FOUND, (
+                f"The 'From' address you supplied ({sender}) is not a Sender Signature on your account. "
+                "Please add and confirm this address in order to be able to use it in the 'From' field of "
+                "your messages."
+            )
         if not message.get("To"):
             return INVALID_EMAIL_REQUEST, "Zero recipients specified"
         recipients: list[str] = []
