@@ -10,7 +10,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from sqlalchemy.exc import DataError
 from litestar.status_codes import (
@@ -56,7 +56,36 @@ def from_domain_error(error: DomainError) -> ProblemDetailsException:
 
 
 def from_http_exception(error: HTTPException) -> ProblemDetailsException:
+    if isinstance(error, ValidationException) and isinstance(error.extra, list):
+        extra = [_body_error(item) for item in error.extra]
+        about_body = bool(extra) and all(isinstance(item, dict) and item.get("key") == "body" for item in extra)
+        detail = extra[0]["message"] if about_body else error.detail  # the body itself, not one of its fields
+        return problem(error.status_code, detail, extra=extra, headers=error.headers)
     return problem(error.status_code, error.detail, extra=error.extra, headers=error.headers)
+
+
+MISSING_BODY = "The request body is missing: send a JSON object."
+NOT_AN_OBJECT = "The request body is not a JSON object (null, an array or a bare value was sent)."
+PYDANTIC_NOT_A_MODEL = "Input should be a valid dictionary or instance of"  # pydantic's `model_type` error
+
+
+def _body_error(item: Any) -> Any:
+    """Litestar names an absent body by its KeyError ("'data'") and a body of the wrong kind (null, [])
+    without a key: both are said plainly, under the key "body"."""
+    if not isinstance(item, dict):
+        return item
+    if item.get("key") == "data" and item.get("message") == "'data'":
+        return {"key": "body", "message": MISSING_BODY, "source": "body"}
+    if "key" not in item and str(item.get("message", "")).startswith(PYDANTIC_NOT_A_MODEL):
+        return {"key": "body", "message": NOT_AN_OBJECT, "source": "body"}
+    return item
+
+
+def from_too_deep(error: RecursionError) -> ProblemDetailsException:
+    # msgspec gives up on a deeply nested document (100,000 '[') with a RecursionError: the body is refused.
+    if "deserializ" not in str(error):
+        return from_unexpected(error)
+    return problem(HTTP_400_BAD_REQUEST, "The JSON body is nested too deeply to read.")
 
 
 def from_undecodable(_error: UnicodeDecodeError) -> ProblemDetailsException:
@@ -87,6 +116,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         WriterUnavailableError: from_writer_unavailable,
         HTTPException: from_http_exception,
         UnicodeDecodeError: from_undecodable,
+        RecursionError: from_too_deep,
         OverflowError: from_out_of_range,
         DataError: from_out_of_range,
         Exception: from_unexpected,

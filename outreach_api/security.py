@@ -10,6 +10,7 @@ import anyio
 from litestar.connection import ASGIConnection
 from litestar.security.jwt import JWTAuth, Token
 
+from outreach_pipeline.core.campaigns import MAX_ROW_ID
 from outreach_pipeline.db.models import User
 
 # Routes reachable without a bearer token.
@@ -30,13 +31,15 @@ class CurrentUser:
 
 
 async def retrieve_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> CurrentUser | None:
-    if not token.sub.isdigit():
+    # Only ids we could have issued: ASCII digits ("١٢".isdigit() too) within an INTEGER key; others are 401.
+    sub = token.sub
+    if not (sub.isascii() and sub.isdigit() and len(sub) <= len(str(MAX_ROW_ID)) and 0 < int(sub) <= MAX_ROW_ID):
         return None
     services = connection.app.state.services
 
     def load() -> CurrentUser | None:
         with services.sessions() as session:
-            user = session.get(User, int(token.sub))
+            user = session.get(User, int(sub))
             return CurrentUser(user.id, user.email) if user else None
 
     return await anyio.to_thread.run_sync(load)

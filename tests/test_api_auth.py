@@ -184,6 +184,19 @@ def test_forged_jwts_are_401(client: TestClient[Any], settings: Settings, auth_h
         assert client.get("/api/campaigns", headers=_bearer(token)).status_code == 401, name
 
 
+def test_a_signed_token_whose_subject_is_no_user_id_is_401(
+    client: TestClient[Any], settings: Settings, auth_headers: dict[str, str]
+) -> None:
+    """We only sign ids; a subject that cannot be one (too large, not ASCII digits) is refused, not a 4xx/5xx."""
+    user_id = client.get("/api/auth/me", headers=auth_headers).json()["id"]
+    arabic_indic = "".join(chr(0x660 + int(digit)) for digit in str(user_id))  # int() reads these as the id
+    for sub in (str(2**31), "9" * 40, "9" * 5000, arabic_indic, "0"):
+        token = jwt.encode({**_claims(user_id), "sub": sub}, settings.secret_key, algorithm="HS256")
+        answer = client.get("/api/auth/me", headers=_bearer(token))
+        assert answer.status_code == 401, (sub[:20], answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+
+
 # --- the link goes out through Postmark -----------------------------------------------------------
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from litestar.testing import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from outreach_pipeline.db.models import EmailJob, Lead, Suppression
-from tests.fixtures import PROVIDER_FIXTURES
+from outreach_api.app import create_app
+from outreach_pipeline.core.campaigns import complete_finished_campaigns
+from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus, Suppression
+from tests.fixtures import PROVIDER_FIXTURES, latest_outbox_token, make_settings, sign_in
 
 FIXTURES = PROVIDER_FIXTURES
 
@@ -132,6 +137,23 @@ def test_create_fills_defaults_and_keeps_settings_bad_input_is_400_unknown_is_40
     for answer in calls:
         assert answer.status_code == 404, (answer.request.method, answer.request.url)
         assert answer.json()["detail"] == "Campaign 999 not found."
+
+
+
+def test_a_sender_email_leads_would_refuse_is_refused_on_create_and_patch(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    campaign = _create(client, auth_headers, sender_email="ada@sender.example")
+    for bad in ("ada,ops@sender.example", "ada@sender..example", "ada@sender.example.", "Ada <ada@sender.example>"):
+        created = client.post("/api/campaigns", json={"name": "x", "sender_email": bad}, headers=auth_headers)
+        patched = client.patch(f"/api/campaigns/{campaign['id']}", json={"sender_email": bad}, headers=auth_headers)
+        for answer in (created, patched):
+            assert answer.status_code in (400, 422), (bad, answer.text)
+            assert [e["key"] for e in answer.json()["extra"]] == ["sender_email"], answer.text
+    assert _detail(client, auth_headers, campaign["id"])["sender_email"] == "ada@sender.example"
+    assert client.get("/api/campaigns", headers=auth_headers).json()["total"] == 1
+    # Empty means the configured default From.
+    assert _create(client, auth_headers, sender_email="")["sender_email"] == ""
 
 
 # --- list and read ---------------------------------------------------------------------------------
@@ -395,3 +417,134 @@ def test_duplicate_copies_settings_steps_and_templates_but_not_leads(
     assert _jobs(client, copy["id"]) == 0
     assert _detail(client, auth_headers, original["id"])["status"] == "ACTIVE"
     assert client.get(f"/api/campaigns/{original['id']}/leads", headers=auth_headers).json()["total"] == 2
+
+
+# --- sender, completion, rates, pacing settings, concurrent changes --------------------------------
+
+
+def test_launch_needs_a_sender_address_when_no_real_from_is_configured(tmp_path: Path, database_url: str) -> None:
+    # The shipped FROM_EMAIL is a placeholder with no mailbox: a campaign without its own address cannot send.
+    settings = make_settings(tmp_path, database_url, from_email="outreach@localhost")
+    assert settings.outbox_dir is not None
+    outbox = settings.outbox_dir
+    with TestClient(create_app(settings)) as client:
+        headers = sign_in(client, "operator@company.example", lambda: latest_outbox_token(outbox))
+        senderless = _ready(client, headers)
+        answer = client.post(f"/api/campaigns/{senderless['id']}/launch", headers=headers)
+        assert answer.status_code == 422, answer.text
+        assert len(answer.json()["extra"]) == 1 and "no sender address" in answer.json()["extra"][0], answer.text
+        assert _jobs(client, senderless["id"]) == 0
+        signed = _ready(client, headers, name="Signed", sender_email="ada@sender.example")
+        assert client.post(f"/api/campaigns/{signed['id']}/launch", headers=headers).status_code == 200
+
+
+def _job_states(client: TestClient[Any], campaign_id: int) -> list[tuple[str, str | None]]:
+    with client.app.state.services.sessions() as session:
+        rows = session.execute(select(EmailJob.status, EmailJob.last_error).where(EmailJob.campaign_id == campaign_id))
+        return sorted((status.value, error) for status, error in rows)
+
+
+def test_complete_ends_an_active_or_paused_campaign_and_skips_what_is_pending(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    cid = _ready(client, auth_headers, leads=2)["id"]
+    draft = client.post(f"/api/campaigns/{cid}/complete", headers=auth_headers)
+    assert draft.status_code == 409
+    assert draft.json()["detail"] == "Cannot complete a DRAFT campaign (only ACTIVE or PAUSED)."
+    assert client.post(f"/api/campaigns/{cid}/launch", headers=auth_headers).json()["queued_emails"] == 2
+
+    answer = client.post(f"/api/campaigns/{cid}/complete", headers=auth_headers)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["skipped_emails"] == 2
+    assert answer.json()["campaign"]["status"] == "COMPLETED"
+    assert answer.json()["campaign"]["completed_at"] is not None
+    assert _job_states(client, cid) == [("SKIPPED", "campaign completed")] * 2
+    again = client.post(f"/api/campaigns/{cid}/complete", headers=auth_headers)
+    assert again.status_code == 409
+    assert again.json()["detail"] == "Cannot complete a COMPLETED campaign (only ACTIVE or PAUSED)."
+    assert client.post(f"/api/campaigns/{cid}/resume", headers=auth_headers).status_code == 409
+
+    paused = _ready(client, auth_headers, leads=1, name="Paused")["id"]
+    assert client.post(f"/api/campaigns/{paused}/launch", headers=auth_headers).status_code == 200
+    assert client.post(f"/api/campaigns/{paused}/pause", headers=auth_headers).status_code == 200
+    completed = client.post(f"/api/campaigns/{paused}/complete", headers=auth_headers)
+    assert completed.status_code == 200, completed.text
+    assert (completed.json()["campaign"]["status"], completed.json()["skipped_emails"]) == ("COMPLETED", 1)
+
+
+def test_the_sweep_completes_a_paused_campaign_with_nothing_left_to_send(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    finished = _ready(client, auth_headers, leads=1, name="Finished")["id"]
+    waiting = _ready(client, auth_headers, leads=1, name="Waiting")["id"]
+    for cid in (finished, waiting):
+        assert client.post(f"/api/campaigns/{cid}/launch", headers=auth_headers).status_code == 200
+        assert client.post(f"/api/campaigns/{cid}/pause", headers=auth_headers).status_code == 200
+    _add_leads(client, auth_headers, waiting, {"email": "late@new.example", "first_name": "Late"})
+    with client.app.state.services.sessions() as session:  # every queued email went out before the pause
+        session.execute(update(EmailJob).values(status=JobStatus.SENT, sent_at=datetime.now(UTC)))
+        session.commit()
+        assert complete_finished_campaigns(session) == 1
+        session.commit()
+
+    assert _detail(client, auth_headers, finished)["status"] == "COMPLETED"
+    assert _detail(client, auth_headers, waiting)["status"] == "PAUSED"  # resuming would queue the late lead
+
+
+def test_stats_give_delivery_and_unsubscribe_rates_beside_the_counts(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    cid = _ready(client, auth_headers, leads=4)["id"]
+    assert client.post(f"/api/campaigns/{cid}/launch", headers=auth_headers).json()["queued_emails"] == 4
+    now = datetime.now(UTC)
+    with client.app.state.services.sessions() as session:
+        jobs = session.scalars(select(EmailJob).where(EmailJob.campaign_id == cid).order_by(EmailJob.id)).all()
+        for n, job in enumerate(jobs):
+            job.status, job.sent_at, job.delivered_at = JobStatus.SENT, now, now if n < 3 else None
+        leads = session.scalars(select(Lead).where(Lead.campaign_id == cid).order_by(Lead.id)).all()
+        for lead, status in zip(leads, ("CONTACTED", "CONTACTED", "REPLIED", "UNSUBSCRIBED"), strict=True):
+            lead.status = LeadStatus(status)
+        session.commit()
+
+    stats = _detail(client, auth_headers, cid)["stats"]
+
+    assert (stats["sent"], stats["delivered"], stats["replied"], stats["unsubscribed"]) == (4, 3, 1, 1)
+    assert (stats["delivery_rate"], stats["reply_rate"], stats["unsubscribe_rate"], stats["bounce_rate"]) == \
+        (0.75, 0.25, 0.25, 0.0)
+
+
+def test_send_gap_and_postal_address_are_set_read_and_duplicated(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    defaults = _create(client, auth_headers, name="Defaults")
+    assert (defaults["send_gap_seconds"], defaults["postal_address"]) == (0, None)
+    campaign = _create(client, auth_headers, send_gap_seconds=90, postal_address="1 Dock Road, Leith")
+    assert (campaign["send_gap_seconds"], campaign["postal_address"]) == (90, "1 Dock Road, Leith")
+
+    patched = client.patch(f"/api/campaigns/{campaign['id']}", headers=auth_headers,
+                           json={"send_gap_seconds": 30, "postal_address": "2 Quay Street, Leith"})
+    assert patched.status_code == 200, patched.text
+    detail = _detail(client, auth_headers, campaign["id"])
+    assert (detail["send_gap_seconds"], detail["postal_address"]) == (30, "2 Quay Street, Leith")
+    refused = client.post("/api/campaigns", headers=auth_headers, json={"name": "x", "send_gap_seconds": -1})
+    assert refused.status_code == 400
+    assert [e["key"] for e in refused.json()["extra"]] == ["send_gap_seconds"]
+
+    copy = client.post(f"/api/campaigns/{campaign['id']}/duplicate", headers=auth_headers).json()
+    assert (copy["send_gap_seconds"], copy["postal_address"]) == (30, "2 Quay Street, Leith")
+
+
+def test_concurrent_launches_are_one_launch_and_conflicts(tmp_path: Path, postgres_url: str) -> None:
+    # The campaign row is locked before its status is checked: the other launches wait, then see ACTIVE.
+    settings = make_settings(tmp_path, postgres_url)
+    assert settings.outbox_dir is not None
+    outbox = settings.outbox_dir
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(4) as pool:
+        headers = sign_in(client, "operator@company.example", lambda: latest_outbox_token(outbox))
+        for attempt in range(3):
+            cid = _ready(client, headers, leads=300, name=f"Race {attempt}")["id"]
+            launches = [pool.submit(client.post, f"/api/campaigns/{cid}/launch", headers=headers) for _ in range(4)]
+            answers = sorted((a.status_code, a.json().get("queued_emails")) for a in (f.result() for f in launches))
+            assert answers == [(200, 300), (409, None), (409, None), (409, None)], (attempt, answers)
+            assert _jobs(client, cid) == 300

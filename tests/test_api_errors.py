@@ -58,6 +58,8 @@ def test_validation_errors_name_the_field(client: TestClient[Any], auth_headers:
         "unknown enum in a query": ({"params": {"status": "SHIPPED"}}, "status"),
         "not a number in a query": ({"params": {"limit": "ten"}}, "limit"),
         "out of bounds in a query": ({"params": {"offset": str(10**30)}}, "offset"),
+        "window hours in the wrong order": ({"json": {"name": "x", "window_start_hour": 20, "window_end_hour": 10}},
+                                            "window_end_hour"),
     }
     for case, (kwargs, field) in cases.items():
         method = "POST" if "json" in kwargs else "GET"
@@ -124,3 +126,42 @@ def test_webhook_payloads_the_store_cannot_hold_are_422(client: TestClient[Any])
     assert answer.json()["outcome"] == "reply matched no lead; kept for review"
     _problem(client.post("/api/webhooks/postmark", content=b'{"RecordType": "\xff"}', auth=WEBHOOK_AUTH,
                          headers={"Content-Type": "application/json"}), 400)
+
+
+def test_a_window_order_a_patch_breaks_names_the_hour_it_set(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    campaign = client.post("/api/campaigns", json={"name": "x", "window_end_hour": 18}, headers=auth_headers).json()
+    body = _problem(client.patch(f"/api/campaigns/{campaign['id']}", json={"window_start_hour": 20},
+                                 headers=auth_headers), 422)
+    assert [error["key"] for error in body["extra"]] == ["window_start_hour"]
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_crash(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    as_json = {"Content-Type": "application/json"}
+    for path, headers, body in (
+        ("/api/campaigns", {**auth_headers, **as_json}, b'{"name": "x", "pitch": ' + deep + b"}"),
+        ("/api/auth/magic-link", as_json, deep),
+    ):
+        _problem(client.post(path, content=body, headers=headers), 400, "The JSON body is nested too deeply to read.")
+    assert _campaigns(client) == 0
+
+
+def test_a_missing_or_null_body_is_named_as_such(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    as_json = {**auth_headers, "Content-Type": "application/json"}
+    for body, detail in ((b"", "The request body is missing: send a JSON object."),
+                         (b"null", "The request body is not a JSON object (null, an array or a bare value was sent).")):
+        for path in ("/api/campaigns", "/api/auth/magic-link"):
+            problem = _problem(client.post(path, content=body, headers=as_json), 400, detail)
+            assert problem["extra"] == [{"key": "body", "message": detail, "source": "body"}]
+
+
+def test_ids_past_an_integer_key_are_404(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+    draft = _draft(client, auth_headers)
+    for campaign_id in (2**31, 2**63, 10**30):
+        for path in ("", "/leads", "/templates", "/leads/export"):
+            _problem(client.get(f"/api/campaigns/{campaign_id}{path}", headers=auth_headers), 404)
+        _problem(client.post(f"/api/campaigns/{campaign_id}/launch", headers=auth_headers), 404)
+        _problem(client.post(f"/api/campaigns/{draft}/leads/copy", json={"source_campaign_id": campaign_id},
+                             headers=auth_headers), 404)
+        _problem(client.patch(f"/api/campaigns/{draft}/templates/{campaign_id}", json={"subject": "x"},
+                              headers=auth_headers), 404)

@@ -230,6 +230,48 @@ def test_add_leads_as_json_with_custom_fields(client: TestClient[Any], auth_head
     assert empty.status_code == 400
 
 
+def test_leads_joining_a_running_campaign_need_the_fields_its_templates_use(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    """Launch checked the first leads; later ones lacking a field a template uses without fallback would fail
+    at send, so each is rejected in the report with the fields it lacks."""
+    cid = _campaign(client, auth_headers)
+    first = {"email": "ada@one.example", "first_name": "Ada", "city": "Oslo"}
+    assert client.post(f"/api/campaigns/{cid}/leads", headers=auth_headers, json={"leads": [first]}).status_code == 201
+    template = {"step_number": 1, "subject": "Hello {{company|there}}", "body": "Hi {{first_name}}, how is {{city}}?"}
+    assert client.post(f"/api/campaigns/{cid}/templates", headers=auth_headers, json=template).status_code == 201
+    assert client.post(f"/api/campaigns/{cid}/launch", headers=auth_headers).status_code == 200
+
+    answer = client.post(f"/api/campaigns/{cid}/leads", headers=auth_headers, json={"leads": [
+        {"email": "bo@two.example", "first_name": "Bo"},
+        {"email": "cy@three.example", "first_name": "  ", "city": "Bergen"},
+        {"email": "dee@four.example"},
+        {"email": "eve@five.example", "first_name": "Eve", "city": "Leith"},
+    ]})
+
+    assert answer.status_code == 201, answer.text
+    report = answer.json()
+    assert (report["rows_read"], report["stored"], report["rejected"]) == (4, 1, 3)
+    assert report["first_rejects"] == [
+        {"line": 1, "email": "bo@two.example", "reason": "missing field: city"},
+        {"line": 2, "email": "cy@three.example", "reason": "missing field: first_name"},
+        {"line": 3, "email": "dee@four.example", "reason": "missing field: city, first_name"},
+    ]
+    assert client.post(f"/api/campaigns/{cid}/pause", headers=auth_headers).status_code == 200
+    upload = _upload(client, auth_headers, cid, "late.csv",
+                     b"email,First Name,City\nfay@six.example,Fay,Leith\ngus@seven.example,,Leith\n")
+    assert upload.status_code == 201, upload.text
+    assert (upload.json()["stored"], upload.json()["rejected_by_reason"]) == (1, {"missing field: first_name": 1})
+    assert set(_by_email(_leads(client, auth_headers, cid))) == {
+        "ada@one.example", "eve@five.example", "fay@six.example"}
+
+    draft = _campaign(client, auth_headers, name="Draft")  # a DRAFT's leads are checked at launch instead
+    by_name = {"step_number": 1, "subject": "Hello", "body": "Hi {{first_name}}"}
+    assert client.post(f"/api/campaigns/{draft}/templates", headers=auth_headers, json=by_name).status_code == 201
+    added = client.post(f"/api/campaigns/{draft}/leads", headers=auth_headers, json={"leads": [{"email": "h@x.example"}]})
+    assert added.json()["stored"] == 1, added.text
+
+
 def test_a_suppressed_address_is_rejected(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
     cid = _campaign(client, auth_headers)
     _suppress(client, auth_headers, "sarah@harborandpine.com", "lucas@tropa.digital")

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy import update
 
 from outreach_api.app import create_app
+from outreach_pipeline.db.models import Lead, LeadStatus
 from outreach_pipeline.settings import Settings
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.postmark import FakePostmark
@@ -149,6 +151,45 @@ def test_hand_written_templates_are_checked_saved_listed_and_patched(
     assert bad_edit.json()["extra"][1] == "The body has unbalanced placeholder braces."
     assert [(t["subject"], t["body"]) for t in _templates(client, auth_headers, cid)] == [
         ("Hi", "Love your {{favourite_colour}} logo.")]
+
+
+def test_a_template_saved_on_a_running_campaign_must_fit_the_leads_still_to_get_it(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    """Launch checked the leads against the templates it saw; a template changed afterwards gets the same check."""
+    cid = _campaign(client, auth_headers, steps=2)
+    leads = [{"email": "ada@one.example", "first_name": "Ada"},
+             {"email": "bo@two.example", "first_name": "Bo", "company": "Two"}]
+    assert client.post(f"/api/campaigns/{cid}/leads", headers=auth_headers, json={"leads": leads}).status_code == 201
+    for step in (1, 2):
+        saved = client.post(f"/api/campaigns/{cid}/templates", headers=auth_headers, json={"step_number": step, **GOOD})
+        assert saved.status_code == 201, saved.text
+    assert client.post(f"/api/campaigns/{cid}/launch", headers=auth_headers).status_code == 200
+    step_two = next(t for t in _templates(client, auth_headers, cid) if t["step_number"] == 2)
+    needs_company = {"subject": "For {{company}}", "body": "Hi {{first_name}}, a note."}
+
+    for status in ("ACTIVE", "PAUSED"):
+        if status == "PAUSED":
+            assert client.post(f"/api/campaigns/{cid}/pause", headers=auth_headers).status_code == 200
+        for answer in (
+            client.post(f"/api/campaigns/{cid}/templates", headers=auth_headers, json={"step_number": 2, **needs_company}),
+            client.patch(f"/api/campaigns/{cid}/templates/{step_two['id']}", headers=auth_headers, json=needs_company),
+        ):
+            assert answer.status_code == 422, (status, answer.text)
+            problems = answer.json()["extra"]
+            assert len(problems) == 1, problems
+            assert "{{company}}" in problems[0] and "1 lead(s)" in problems[0] and "ada@one.example" in problems[0]
+    assert next(t for t in _templates(client, auth_headers, cid) if t["step_number"] == 2)["body"] == GOOD["body"]
+
+    with_fallback = {"subject": "For {{company|your team}}", "body": "Hi {{first_name}}, a note."}
+    answer = client.patch(f"/api/campaigns/{cid}/templates/{step_two['id']}", headers=auth_headers, json=with_fallback)
+    assert answer.status_code == 200, answer.text
+    # A lead no longer in the sequence (here: replied) does not hold a template back.
+    with client.app.state.services.sessions() as session:
+        session.execute(update(Lead).where(Lead.email == "ada@one.example").values(status=LeadStatus.REPLIED))
+        session.commit()
+    answer = client.patch(f"/api/campaigns/{cid}/templates/{step_two['id']}", headers=auth_headers, json=needs_company)
+    assert answer.status_code == 200, answer.text
 
 
 # --- a model writes them ---------------------------------------------------------------------------

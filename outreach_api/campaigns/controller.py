@@ -1,4 +1,7 @@
-"""Campaign control: create, list, read with stats, edit drafts, launch, pause, resume, duplicate."""
+"""Campaign control: create, list, read with stats, edit drafts, launch, pause, resume, complete, duplicate.
+
+Status changes read the campaign with its row locked (see core.get_campaign), so concurrent ones queue.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from outreach_api.campaigns.schemas import (
     CampaignDetail,
     CampaignOut,
     CampaignPage,
+    CompleteOut,
     LaunchOut,
     campaign_out,
 )
@@ -50,26 +54,33 @@ class CampaignController(Controller):
 
     @patch("/{campaign_id:int}", sync_to_thread=True)
     def update(self, campaign_id: int, data: core.CampaignUpdate, request: Req, db: Session) -> CampaignOut:
-        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        campaign = core.get_campaign(db, request.user.id, campaign_id, lock=True)
         return campaign_out(core.update_campaign(db, campaign, data))
 
     @post("/{campaign_id:int}/launch", status_code=200, sync_to_thread=True)
-    def launch(self, campaign_id: int, request: Req, db: Session) -> LaunchOut:
-        campaign = core.get_campaign(db, request.user.id, campaign_id)
-        queued = core.launch_campaign(db, campaign)
+    def launch(self, campaign_id: int, request: Req, db: Session, services: Services) -> LaunchOut:
+        campaign = core.get_campaign(db, request.user.id, campaign_id, lock=True)
+        queued = core.launch_campaign(db, campaign, default_from=services.settings.from_email)
         return LaunchOut(campaign=campaign_out(campaign), queued_emails=queued)
 
     @post("/{campaign_id:int}/pause", status_code=200, sync_to_thread=True)
     def pause(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:
-        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        campaign = core.get_campaign(db, request.user.id, campaign_id, lock=True)
         core.pause_campaign(db, campaign)
         return campaign_out(campaign)
 
     @post("/{campaign_id:int}/resume", status_code=200, sync_to_thread=True)
     def resume(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:
-        campaign = core.get_campaign(db, request.user.id, campaign_id)
+        campaign = core.get_campaign(db, request.user.id, campaign_id, lock=True)
         core.resume_campaign(db, campaign)
         return campaign_out(campaign)
+
+    @post("/{campaign_id:int}/complete", status_code=200, sync_to_thread=True)
+    def complete(self, campaign_id: int, request: Req, db: Session) -> CompleteOut:
+        """End an ACTIVE or PAUSED campaign now: its pending emails are skipped, never sent."""
+        campaign = core.get_campaign(db, request.user.id, campaign_id, lock=True)
+        skipped = core.complete_campaign(db, campaign)
+        return CompleteOut(campaign=campaign_out(campaign), skipped_emails=skipped)
 
     @post("/{campaign_id:int}/duplicate", sync_to_thread=True)
     def duplicate(self, campaign_id: int, request: Req, db: Session) -> CampaignOut:

@@ -32,6 +32,8 @@ class CampaignOut(BaseModel):
     window_end_hour: int
     send_days: str
     daily_cap: int
+    send_gap_seconds: int
+    postal_address: str | None
     steps: list[StepOut]
     created_at: datetime
     launched_at: datetime | None
@@ -52,6 +54,11 @@ class CampaignPage(BaseModel):
 class LaunchOut(BaseModel):
     campaign: CampaignOut
     queued_emails: int
+
+
+class CompleteOut(BaseModel):
+    campaign: CampaignOut
+    skipped_emails: int  # pending emails that will not be sent
 
 
 def campaign_out(campaign: Campaign) -> CampaignOut:

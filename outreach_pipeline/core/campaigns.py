@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import parseaddr
 from typing import Any
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import BigInteger, cast, delete, func, insert, select
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from sqlalchemy import BigInteger, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.errors import (
@@ -23,10 +25,11 @@ from outreach_pipeline.core.generation_stats import (
     generation_usage,
 )
 from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.core.lead_schema import EMAIL_PATTERN
 from outreach_pipeline.core.leads import lead_fields
 from outreach_pipeline.core.openers import missing_opener_problems
 from outreach_pipeline.core.pacing import spread_overdue_jobs
-from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders
+from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.models import (
     Campaign,
@@ -39,6 +42,10 @@ from outreach_pipeline.db.models import (
     LeadStatus,
     Template,
 )
+from outreach_pipeline.settings import Settings
+
+
+_EMAIL = re.compile(EMAIL_PATTERN)
 
 
 class StepSpec(BaseModel):
@@ -53,13 +60,25 @@ class CampaignSettings(BaseModel):
     pitch: str | None = Field(None, max_length=5000)
     tone: str | None = Field(None, max_length=100)
     sender_name: str | None = Field(None, max_length=200)
-    sender_email: str | None = Field(None, max_length=320, pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    sender_email: str | None = Field(None, max_length=320, description="Empty: the configured default From.")
     timezone: str | None = None
     window_start_hour: int | None = Field(None, ge=0, le=23)
     window_end_hour: int | None = Field(None, ge=1, le=24)
     send_days: str | None = Field(None, pattern=r"^[0-6]{1,7}$", description="Weekdays to send on, Monday=0.")
     daily_cap: int | None = Field(None, ge=1, le=100_000)
+    send_gap_seconds: int | None = Field(None, ge=0, le=86_400, description=(
+        "Seconds between two sends from the sender address, drawn at random in [gap, 2*gap]; 0 sends back to back."))
+    postal_address: str | None = Field(None, max_length=500, description="Printed under every email (CAN-SPAM).")
     steps: list[StepSpec] | None = Field(None, min_length=1, max_length=10)
+
+    @field_validator("sender_email")
+    @classmethod
+    def _plain_address(cls, value: str | None) -> str | None:
+        # The rule lead addresses pass: a looser one let "ada,ops@x.example" through, and Postmark then
+        # refused every message of the campaign. Empty means the configured default From.
+        if value and not _EMAIL.fullmatch(value):
+            raise ValueError(f"invalid email {value!r}: a plain address like ada@example.com, no display name")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -68,12 +87,14 @@ class CampaignSettings(BaseModel):
             raise ValueError(f"unknown timezone {value!r} (use an IANA name like 'Europe/Berlin')")
         return value
 
-    @model_validator(mode="after")
-    def _window_order(self) -> CampaignSettings:
-        if self.window_start_hour is not None and self.window_end_hour is not None:
-            if self.window_start_hour >= self.window_end_hour:
-                raise ValueError("window_start_hour must be before window_end_hour")
-        return self
+    @field_validator("window_end_hour")
+    @classmethod
+    def _window_order(cls, end: int | None, info: ValidationInfo) -> int | None:
+        # On the end hour rather than the model, so the error names a field.
+        start = info.data.get("window_start_hour")
+        if start is not None and end is not None and start >= end:
+            raise ValueError("window_start_hour must be before window_end_hour")
+        return end
 
 
 class CampaignCreate(CampaignSettings):
@@ -95,8 +116,11 @@ class CampaignStats(BaseModel):
     replied: int
     bounced: int
     unsubscribed: int
+    # Rates of contacted leads (delivery: of emails sent); opens and clicks are not counted yet.
     reply_rate: float
     bounce_rate: float
+    delivery_rate: float
+    unsubscribe_rate: float
     # Set when the engine paused the campaign itself (hard-bounce rate), with the figures.
     paused_reason: str | None = None
     # Model tokens spent on the campaign's templates and openers, with their estimated cost.
@@ -106,8 +130,15 @@ class CampaignStats(BaseModel):
 # --- reading ---------------------------------------------------------------------------------
 
 
-def get_campaign(session: Session, owner_id: int, campaign_id: int) -> Campaign:
-    campaign = session.get(Campaign, campaign_id)
+MAX_ROW_ID = 2**31 - 1  # ids are INTEGER columns: a larger one names no row (PostgreSQL would refuse it)
+
+
+def get_campaign(session: Session, owner_id: int, campaign_id: int, *, lock: bool = False) -> Campaign:
+    """The owner's campaign. `lock` holds its row until commit (FOR UPDATE on PostgreSQL), so status changes
+    that check then change the status run one at a time: two launches at once are one launch and a 409."""
+    if not 0 < campaign_id <= MAX_ROW_ID:
+        raise NotFoundError(f"Campaign {campaign_id} not found.")
+    campaign = session.get(Campaign, campaign_id, with_for_update=True if lock else None, populate_existing=lock)
     if campaign is None or campaign.owner_id != owner_id:
         raise NotFoundError(f"Campaign {campaign_id} not found.")
     return campaign
@@ -143,6 +174,7 @@ def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None =
     sent = sum(step[JobStatus.SENT.value] for step in jobs_by_step.values())
     contacted = sum(leads_by_status[s.value] for s in LeadStatus if s not in (LeadStatus.PENDING, LeadStatus.FAILED))
     replied, bounced = leads_by_status[LeadStatus.REPLIED.value], leads_by_status[LeadStatus.BOUNCED.value]
+    unsubscribed = leads_by_status[LeadStatus.UNSUBSCRIBED.value]
     return CampaignStats(
         leads_total=sum(leads_by_status.values()),
         leads_by_status=leads_by_status,
@@ -152,12 +184,18 @@ def campaign_stats(session: Session, campaign: Campaign, prices: Prices | None =
         delivered=delivered,
         replied=replied,
         bounced=bounced,
-        unsubscribed=leads_by_status[LeadStatus.UNSUBSCRIBED.value],
-        reply_rate=round(replied / contacted, 4) if contacted else 0.0,
-        bounce_rate=round(bounced / contacted, 4) if contacted else 0.0,
+        unsubscribed=unsubscribed,
+        reply_rate=_rate(replied, contacted),
+        bounce_rate=_rate(bounced, contacted),
+        delivery_rate=_rate(delivered, sent),
+        unsubscribe_rate=_rate(unsubscribed, contacted),
         paused_reason=campaign.paused_reason,
         generation=generation_usage(session, campaign, prices or Prices()),
     )
+
+
+def _rate(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def _no_jobs() -> dict[str, int]:
@@ -225,13 +263,16 @@ def _apply(campaign: Campaign, data: CampaignSettings) -> None:
             for n, s in enumerate(data.steps, start=1)
         ]
     if campaign.window_start_hour >= campaign.window_end_hour:
-        raise InvalidInputError("window_start_hour must be before window_end_hour.")
+        # Named after the hour this change set (the other one is the campaign's), as a validation error is.
+        key = "window_end_hour" if data.window_end_hour is not None else "window_start_hour"
+        message = "window_start_hour must be before window_end_hour."
+        raise InvalidInputError(message, details=[{"key": key, "message": message, "source": "body"}])
 
 
 def create_campaign(session: Session, owner_id: int, data: CampaignCreate) -> Campaign:
     campaign = Campaign(owner_id=owner_id, name=data.name, status=CampaignStatus.DRAFT, steps=[])
     for column in ("pitch", "tone", "sender_name", "sender_email", "timezone",
-                   "window_start_hour", "window_end_hour", "send_days", "daily_cap"):
+                   "window_start_hour", "window_end_hour", "send_days", "daily_cap", "send_gap_seconds"):
         if getattr(campaign, column) is None:
             setattr(campaign, column, Campaign.__table__.c[column].default.arg)  # type: ignore[union-attr]
     _apply(campaign, data)
@@ -255,11 +296,25 @@ def update_campaign(session: Session, campaign: Campaign, data: CampaignUpdate) 
     return campaign
 
 
-def launch_problems(session: Session, campaign: Campaign) -> list[str]:
-    """Everything that would stop a launch, all at once."""
+NO_SENDER = "The campaign has no sender address: set its sender_email (no real FROM_EMAIL is configured)."
+# Settings' shipped From address (so a laptop runs with no setup): no mailbox, so never a sender.
+PLACEHOLDER_FROM = parseaddr(Settings.model_fields["from_email"].default)[1]
+
+
+def is_real_from(address: str) -> bool:
+    """Whether a configured From address is a real one, not empty nor the shipped placeholder."""
+    plain = parseaddr(address)[1].strip().lower()
+    return bool(plain) and plain != PLACEHOLDER_FROM
+
+
+def launch_problems(session: Session, campaign: Campaign, default_from: str | None = None) -> list[str]:
+    """Everything that would stop a launch, all at once. `default_from` is the configured From address a
+    campaign without sender_email sends from; None leaves the sender unchecked (the caller has no config)."""
     problems: list[str] = []
     if not campaign.steps:
         problems.append("The campaign has no steps.")
+    if default_from is not None and not (campaign.sender_email or "").strip() and not is_real_from(default_from):
+        problems.append(NO_SENDER)
     if not session.scalar(select(func.count()).where(Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING)):
         problems.append("The campaign has no leads waiting to be contacted.")
     templates = session.scalars(select(Template).where(Template.campaign_id == campaign.id)).all()
@@ -267,21 +322,32 @@ def launch_problems(session: Session, campaign: Campaign) -> list[str]:
     for step in campaign.steps:
         if step.number not in have:
             problems.append(f"Step {step.number} has no template.")
-    fields = set(lead_fields(session, campaign))
+    fields = lead_fields(session, campaign)
     for template in templates:
-        for placeholder in find_placeholders(template.subject + "\n" + template.body):
-            if placeholder.fallback is not None or placeholder.name == AI_OPENER:
-                continue  # openers are checked per lead below
-            if placeholder.name not in fields:
-                problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}}, "
-                                "which the leads do not have; add a fallback like {{name|...}}.")
-            elif placeholder.name != "email":
-                lacking, examples = _leads_without(session, campaign, placeholder.name)
-                if lacking:
-                    problems.append(f"Template for step {template.step_number} uses {{{{{placeholder.name}}}}} "
-                                    f"but {lacking} lead(s) have no {placeholder.name} (e.g. "
-                                    f"{', '.join(examples)}); add a fallback like {{{{{placeholder.name}|there}}}}.")
+        problems += placeholder_problems(session, campaign, template.step_number,
+                                         template_text(template.subject, template.body, template.html_body), fields)
     problems.extend(missing_opener_problems(session, campaign))
+    return problems
+
+
+def placeholder_problems(session: Session, campaign: Campaign, step_number: int, text: str,
+                         fields: list[str] | None = None) -> list[str]:
+    """Placeholders without a fallback in a step's template (`text`: subject and body) that a lead still to
+    receive the step could not fill. Run by launch, and when a template of a running campaign is saved."""
+    known = set(fields if fields is not None else lead_fields(session, campaign))
+    problems: list[str] = []
+    for placeholder in find_placeholders(text):
+        if placeholder.fallback is not None or placeholder.name == AI_OPENER:
+            continue  # openers are checked per lead (missing_opener_problems)
+        if placeholder.name not in known:
+            problems.append(f"Template for step {step_number} uses {{{{{placeholder.name}}}}}, "
+                            "which the leads do not have; add a fallback like {{name|...}}.")
+        elif placeholder.name != "email":
+            lacking, examples = _leads_without(session, campaign, placeholder.name, step_number)
+            if lacking:
+                problems.append(f"Template for step {step_number} uses {{{{{placeholder.name}}}}} "
+                                f"but {lacking} lead(s) have no {placeholder.name} (e.g. "
+                                f"{', '.join(examples)}); add a fallback like {{{{{placeholder.name}|there}}}}.")
     return problems
 
 
@@ -289,10 +355,14 @@ NULLABLE_LEAD_COLUMNS = ("first_name", "last_name", "company", "title")
 EXAMPLE_LEADS = 5
 
 
-def _leads_without(session: Session, campaign: Campaign, field: str) -> tuple[int, list[str]]:
-    """How many waiting leads have no value for a standard column or custom field, and a few of their addresses."""
+def _leads_without(session: Session, campaign: Campaign, field: str, step_number: int) -> tuple[int, list[str]]:
+    """How many leads still to receive a step have no value for a standard column or custom field, and a few
+    of their addresses. Still to receive: waiting, or contacted without that step gone out (PENDING or none)."""
     value = getattr(Lead, field) if field in NULLABLE_LEAD_COLUMNS else Lead.custom_fields[field].as_string()
-    lacking = (Lead.campaign_id == campaign.id, Lead.status == LeadStatus.PENDING, value.is_(None) | (value == ""))
+    step_done = select(EmailJob.id).where(EmailJob.lead_id == Lead.id, EmailJob.step_number == step_number,
+                                          EmailJob.status != JobStatus.PENDING).exists()
+    lacking = (Lead.campaign_id == campaign.id, Lead.status.in_([LeadStatus.PENDING, LeadStatus.CONTACTED]),
+               ~step_done, value.is_(None) | (value == ""))
     count = session.scalar(select(func.count()).where(*lacking)) or 0
     examples = list(session.scalars(select(Lead.email).where(*lacking).order_by(Lead.id).limit(EXAMPLE_LEADS))) \
         if count else []
@@ -306,11 +376,13 @@ def _transition(campaign: Campaign, allowed_from: set[CampaignStatus], to: Campa
     campaign.status = to
 
 
-def launch_campaign(session: Session, campaign: Campaign, now: datetime | None = None) -> int:
-    """DRAFT -> ACTIVE after the pre-flight check; returns the number of first emails queued."""
+def launch_campaign(session: Session, campaign: Campaign, now: datetime | None = None,
+                    default_from: str | None = None) -> int:
+    """DRAFT -> ACTIVE after the pre-flight check; returns the number of first emails queued.
+    `default_from`: see launch_problems."""
     if campaign.status != CampaignStatus.DRAFT:
         _transition(campaign, {CampaignStatus.DRAFT}, CampaignStatus.ACTIVE, "launch")
-    problems = launch_problems(session, campaign)
+    problems = launch_problems(session, campaign, default_from)
     if problems:
         raise InvalidInputError("The campaign cannot be launched yet.", details=problems)
     now = now or utcnow()
@@ -339,6 +411,20 @@ def resume_campaign(session: Session, campaign: Campaign, now: datetime | None =
     return moved
 
 
+COMPLETED_BY_HAND = "campaign completed"  # the reason on the jobs a completion skips
+
+
+def complete_campaign(session: Session, campaign: Campaign, now: datetime | None = None) -> int:
+    """ACTIVE or PAUSED -> COMPLETED; the jobs still pending are skipped with the reason. Returns how many."""
+    _transition(campaign, {CampaignStatus.ACTIVE, CampaignStatus.PAUSED}, CampaignStatus.COMPLETED, "complete")
+    campaign.completed_at = now or utcnow()
+    skipped = session.execute(
+        update(EmailJob).where(EmailJob.campaign_id == campaign.id, EmailJob.status == JobStatus.PENDING)
+        .values(status=JobStatus.SKIPPED, last_error=COMPLETED_BY_HAND).execution_options(synchronize_session=False))
+    session.flush()
+    return skipped.rowcount
+
+
 def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
     """A new DRAFT with the same settings, steps and templates, and no leads."""
     copy = Campaign(
@@ -346,7 +432,8 @@ def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
         name=f"{campaign.name} (copy)"[:200],
         status=CampaignStatus.DRAFT,
         **{c: getattr(campaign, c) for c in ("pitch", "tone", "sender_name", "sender_email", "timezone",
-                                               "window_start_hour", "window_end_hour", "send_days", "daily_cap")},
+                                               "window_start_hour", "window_end_hour", "send_days", "daily_cap",
+                                               "send_gap_seconds", "postal_address")},
         steps=[CampaignStep(number=s.number, delay_days=s.delay_days, subject_hint=s.subject_hint, thread=s.thread)
                for s in campaign.steps],
     )
@@ -362,12 +449,20 @@ def duplicate_campaign(session: Session, campaign: Campaign) -> Campaign:
 
 
 def complete_finished_campaigns(session: Session, now: datetime | None = None) -> int:
-    """ACTIVE campaigns with no job left to send become COMPLETED."""
+    """Launched campaigns with no job left to send become COMPLETED: ACTIVE ones, and PAUSED ones with no lead
+    waiting for a first email either (resuming queues those, so such a campaign is not finished).
+
+    Campaigns whose row a status change holds are skipped (SKIP LOCKED): the next sweep sees them."""
     open_jobs = select(EmailJob.id).where(
         EmailJob.campaign_id == Campaign.id, EmailJob.status.in_([JobStatus.PENDING, JobStatus.SENDING])
     ).exists()
+    waiting_leads = select(Lead.id).where(
+        Lead.campaign_id == Campaign.id, Lead.status == LeadStatus.PENDING,
+        ~select(EmailJob.id).where(EmailJob.lead_id == Lead.id).exists()
+    ).exists()
+    done = (Campaign.status == CampaignStatus.ACTIVE) | ((Campaign.status == CampaignStatus.PAUSED) & ~waiting_leads)
     finished = session.scalars(
-        select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE, Campaign.launched_at.is_not(None), ~open_jobs)
+        select(Campaign).where(done, Campaign.launched_at.is_not(None), ~open_jobs).with_for_update(skip_locked=True)
     ).all()
     for campaign in finished:
         campaign.status = CampaignStatus.COMPLETED

@@ -35,6 +35,7 @@ from outreach_pipeline.core.lead_schema import (
     failure_reasons,
 )
 from outreach_pipeline.core.lead_store import PreparedRows, StoreTarget, lead_store_for
+from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text
 from outreach_pipeline.core.prefetch import prefetched
 from outreach_pipeline.core.rejects import LocalRejects, RejectsTarget, RejectsWriter, spreadsheet_safe
 from outreach_pipeline.db.base import utcnow
@@ -45,6 +46,7 @@ from outreach_pipeline.db.models import (
     Lead,
     LeadImport,
     LeadStatus,
+    Template,
 )
 
 __all__ = ["ImportReport", "RejectedRow", "add_leads", "copy_leads", "import_leads_csv", "lead_fields",
@@ -322,6 +324,38 @@ def _fail(session: Session, campaign: Campaign, source: str, now: datetime, erro
     error.details = {"import_id": failed.id}
 
 
+# --- leads joining a running campaign ----------------------------------------------------------------
+# A DRAFT's leads are checked against its templates at launch. A lead joining an ACTIVE or PAUSED campaign
+# is checked here instead: without a field a template needs it would fail at send ("template field missing").
+
+_RUNNING = (CampaignStatus.ACTIVE, CampaignStatus.PAUSED)
+_NOT_LEAD_FIELDS = frozenset({"email", "sender_name", AI_OPENER})  # always there, or not the lead's to give
+
+
+def _fields_templates_need(session: Session, campaign: Campaign) -> list[str]:
+    """The lead fields a running campaign's templates use without a fallback (none for other statuses)."""
+    if campaign.status not in _RUNNING:
+        return []
+    texts = session.execute(select(Template.subject, Template.body, Template.html_body)
+                            .where(Template.campaign_id == campaign.id))
+    return sorted({p.name for parts in texts for p in find_placeholders(template_text(*parts))
+                   if p.fallback is None} - _NOT_LEAD_FIELDS)
+
+
+def _refuse_missing_fields(checked: _Checked, needed: list[str]) -> _Checked:
+    """The rows lacking a needed field move from those to store to those refused, the fields named."""
+    rows = checked.fresh
+    if not needed or rows.empty:
+        return checked
+    absent = pd.DataFrame({name: rows[name].isna() if name in rows else True for name in needed}, index=rows.index)
+    lacking = absent.any(axis=1).to_numpy(dtype=bool)
+    if not lacking.any():
+        return checked
+    reasons = ["missing field: " + ", ".join(absent.columns[flags]) for flags in absent.to_numpy(dtype=bool)[lacking]]
+    refused = list(zip(rows.index[lacking], rows["email"].to_numpy()[lacking], reasons, strict=True))
+    return _Checked(checked.rows_read, rows[~lacking], checked.refused + refused)
+
+
 def _run_import(
     session: Session,
     campaign: Campaign,
@@ -338,8 +372,9 @@ def _run_import(
     try:
         writer = _LeadWriter(session, campaign, lead_import, report_file, now)
         checker = _RowChecker()
+        needed = _fields_templates_need(session, campaign)
         # closing(): a store error ends the reading thread now, not when the generator is collected.
-        ahead = (writer.prepare(checker.check(batch)) for batch in batches)
+        ahead = (writer.prepare(_refuse_missing_fields(checker.check(batch), needed)) for batch in batches)
         with closing(prefetched(ahead, name="lead-rows")) as checked_batches:
             for checked, prepared in checked_batches:
                 writer.add(checked, prepared)

@@ -26,6 +26,11 @@ class MissingFieldError(ValueError):
         self.fields = fields
 
 
+def template_text(subject: str, body: str, html_body: str | None = None) -> str:
+    """Every part of a template that placeholders may sit in, as one text to look through."""
+    return "\n".join(part for part in (subject, body, html_body) if part)
+
+
 def find_placeholders(text: str) -> list[Placeholder]:
     return [Placeholder(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(text)]
 

@@ -10,12 +10,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from outreach_pipeline.core.campaigns import MAX_ROW_ID, placeholder_problems
 from outreach_pipeline.core.errors import InvalidInputError, NotFoundError
 from outreach_pipeline.core.leads import lead_fields
 from outreach_pipeline.core.llm_cache import CacheWrite, cache_key, cached_answers, remember
-from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, unbalanced_braces
+from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text, unbalanced_braces
 from outreach_pipeline.core.template_lint import template_warnings
-from outreach_pipeline.db.models import Campaign, Lead, LeadStatus, Template
+from outreach_pipeline.db.models import Campaign, CampaignStatus, Lead, LeadStatus, Template
 from outreach_pipeline.llm.brief import InvalidModelOutput, StepBrief, TemplateDraft, TemplateWriter, WrittenTemplate
 from outreach_pipeline.llm.prompts import PROMPT_VERSION, Messages, rewrite_messages, write_messages
 
@@ -77,10 +78,20 @@ def template_problems(subject: str, body: str, fields: list[str], html_body: str
     return problems
 
 
-def check_template(session: Session, campaign: Campaign, subject: str, body: str, html_body: str | None = None) -> None:
-    problems = template_problems(subject, body, lead_fields(session, campaign), html_body)
+def check_template(session: Session, campaign: Campaign, subject: str, body: str, html_body: str | None = None,
+                   step_number: int | None = None) -> None:
+    """Refuse a template that cannot be saved; on a campaign past DRAFT (given the step), also one that a lead
+    still to receive the step could not fill: launch checked the leads against the templates it saw."""
+    fields = lead_fields(session, campaign)
+    problems = template_problems(subject, body, fields, html_body)
     if problems:
         raise InvalidInputError("The template is not valid.", details=problems)
+    if step_number is not None and campaign.status != CampaignStatus.DRAFT:
+        problems = placeholder_problems(session, campaign, step_number, template_text(subject, body, html_body),
+                                        fields)
+        if problems:
+            raise InvalidInputError("Some leads still to receive this template lack a field it uses.",
+                                    details=problems)
 
 
 def _require_step(campaign: Campaign, step_number: int) -> None:
@@ -98,7 +109,7 @@ def list_templates(session: Session, campaign: Campaign) -> list[Template]:
 
 
 def get_template(session: Session, campaign: Campaign, template_id: int) -> Template:
-    template = session.get(Template, template_id)
+    template = session.get(Template, template_id) if 0 < template_id <= MAX_ROW_ID else None
     if template is None or template.campaign_id != campaign.id:
         raise NotFoundError(f"Template {template_id} not found.")
     return template
@@ -107,7 +118,7 @@ def get_template(session: Session, campaign: Campaign, template_id: int) -> Temp
 def save_template(session: Session, campaign: Campaign, data: TemplateInput, written: WrittenTemplate | None = None) -> Template:
     """Create or replace the template of a step and variant after checking it; lint warnings are kept on it."""
     _require_step(campaign, data.step_number)
-    check_template(session, campaign, data.subject, data.body, data.html_body)
+    check_template(session, campaign, data.subject, data.body, data.html_body, data.step_number)
     template = session.scalar(select(Template).where(
         Template.campaign_id == campaign.id, Template.step_number == data.step_number, Template.variant == data.variant
     ))
@@ -129,7 +140,7 @@ def edit_template(session: Session, campaign: Campaign, template: Template, data
     subject = data.subject if data.subject is not None else template.subject
     body = data.body if data.body is not None else template.body
     html_body = data.html_body if "html_body" in data.model_fields_set else template.html_body
-    check_template(session, campaign, subject, body, html_body)
+    check_template(session, campaign, subject, body, html_body, template.step_number)
     template.subject, template.body, template.html_body, template.source = subject, body, html_body, "manual"
     template.warnings = template_warnings(subject, body)
     session.flush()
