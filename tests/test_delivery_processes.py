@@ -178,12 +178,14 @@ def _mailer(fake: FakePostmark) -> PostmarkMailer:
 
 
 def _held_with_a_full_queue(sessions: sessionmaker[Session], seeded: Seeded, fake: FakePostmark, now: datetime,
-                            leads: int) -> tuple[_Gated, threading.Thread, list[DispatchReport]]:
+                            leads: int, lease: timedelta = timedelta(minutes=15),
+                            ) -> tuple[_Gated, threading.Thread, list[DispatchReport]]:
     """Run A, started at `now`, one job per batch: both its senders hold a batch at Postmark's door and
     behind them three claimed batches wait (two in the queue, one in the claimer's hand)."""
     gated, reports = _Gated(fake), []
+    policy = SendPolicy(batch_size=1, concurrency=2, lease=lease)
     run = threading.Thread(target=lambda: reports.append(dispatch_due(
-        sessions, gated, CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=1, concurrency=2), now=now)))
+        sessions, gated, CONFIG, datetime.now(UTC), policy=policy, now=now)))
     run.start()
     _wait_for(lambda: len(gated.held) == 2 and _job_statuses(sessions, seeded.campaign_id)
               == {JobStatus.SENDING: 5, JobStatus.PENDING: leads - 5}, 20, "a full queue of claimed batches")
@@ -224,12 +226,15 @@ def test_a_batch_the_reconciler_took_back_while_it_waited_to_be_sent_is_not_sent
     sessions = make_session_factory(engine)
     try:
         seeded = seed_campaign(sessions, 8)
-        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark, datetime.now(UTC), 8)
+        # Run A's lease is 2 s: a batch that waited over 1 s renews its claim before sending.
+        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark, datetime.now(UTC), 8,
+                                                    lease=timedelta(seconds=2))
         try:
-            with session_scope(sessions) as session:  # the three waiting batches wait past the lease
+            with session_scope(sessions) as session:  # to run B (a 15-minute lease) they look long dead
                 session.execute(update(EmailJob).where(EmailJob.status == JobStatus.SENDING,
                                                        EmailJob.id.not_in(gated.held))
                                 .values(claimed_at=EmailJob.claimed_at - text("interval '20 minutes'")))
+            time.sleep(1.2)  # and to run A, its waiting batches are now old enough to be checked
             second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
                                   policy=SendPolicy(batch_size=10))
         finally:

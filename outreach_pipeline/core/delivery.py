@@ -11,7 +11,6 @@ and HTTP calls overlap (requests releases the GIL while it waits).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from outreach_pipeline.core.campaigns import complete_finished_campaigns
@@ -37,7 +36,7 @@ from outreach_pipeline.core.reconcile import reconcile_stale_jobs
 from outreach_pipeline.core.suppression import suppress, suppressed_among
 from outreach_pipeline.core.templates import choose_variant
 from outreach_pipeline.db.base import utcnow
-from outreach_pipeline.db.dialect import among, is_postgresql
+from outreach_pipeline.db.dialect import among
 from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus, Template
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.mail.message import (
@@ -66,7 +65,8 @@ class SendPolicy:
     max_retries: int = 4  # per batch, on 429 / 5xx / refused connections
     backoff_base_s: float = 1.0  # 1, 2, 4, 8 s... each scaled by a random factor in [0.5, 1)
     backoff_max_s: float = 30.0
-    # A SENDING job older than this belongs to a dead run; must exceed the longest a batch can take.
+    # A SENDING job older than this belongs to a dead run; half of it must exceed the longest a batch takes
+    # to send (retries included), since a claim that young is sent without being renewed.
     lease: timedelta = timedelta(minutes=15)
 
 
@@ -206,7 +206,6 @@ def prepare_batch(
     composer = Composer(config)
     prepared: list[Prepared] = []
     settled: list[dict[str, Any]] = []
-    composed: list[dict[str, Any]] = []
 
     def settle(job: JobRow, status: JobStatus, reason: str) -> None:
         settled.append({"id": job.id, "status": status, "last_error": reason})
@@ -234,30 +233,9 @@ def prepare_batch(
             settle(job, JobStatus.FAILED, f"template field missing: {error}")
             continue
         prepared.append(Prepared(job.id, email, template.id, job.lead_id, job.campaign_id, job.step_number))
-        composed.append({"id": job.id, "subject": email.subject, "template_id": template.id})
     if settled:
         session.execute(update(EmailJob), settled)
-    if composed:
-        _record_composed(session, composed)
     return prepared
-
-
-_COMPOSED_FROM_JSON = text("""
-    UPDATE email_jobs AS j SET subject = v.subject, template_id = v.template_id
-    FROM json_to_recordset(CAST(:rows AS json)) AS v(id integer, subject varchar, template_id integer)
-    WHERE j.id = v.id
-""")
-
-
-def _record_composed(session: Session, composed: list[dict[str, Any]]) -> None:
-    """Each job's subject and template, written before the send: a job the reconciler later finds at the
-    provider keeps the subject its follow-ups answer and the A/B variant it counts for."""
-    if is_postgresql(session):
-        # One statement, its rows in one JSON parameter (as core/jobs.py records sends): an UPDATE per row
-        # cost a tenth of the send path's time.
-        session.execute(_COMPOSED_FROM_JSON, {"rows": json.dumps(composed)})
-        return
-    session.execute(update(EmailJob), composed)
 
 
 def record_results(
@@ -379,14 +357,23 @@ class _Run:
         self.release_later([sent.job_id for sent, _ in refused], str(error))
         self.account_error = self.account_error or error
 
+    def _still_ours(self, session: Session, claim: Claim) -> list[int]:
+        """The claimed jobs this batch may send. A claim younger than half the lease is ours whatever happens
+        next: no reconciler touches it before the lease is over, and sending a batch takes far less than the
+        other half. An older one (the batch waited behind slow sends) is renewed, and only the jobs still
+        held under it are sent: a reconciler may have taken some back meanwhile."""
+        if utcnow() - claim.claimed_at < self.policy.lease / 2:
+            return claim.job_ids
+        job_ids = renew_claim(session, claim.job_ids, claim.claimed_at, utcnow())
+        if len(job_ids) < len(claim.job_ids):
+            log.warning("%d claimed job(s) were taken back while waiting to be sent; not sending them",
+                        len(claim.job_ids) - len(job_ids))
+        return job_ids
+
     def send_claimed(self, claim: Claim) -> bool:
         """Prepare, send and record one claimed batch; False once the run must stop."""
         with session_scope(self.factory) as session:
-            # The batch may have waited since its claim: send only what is still ours, with a fresh lease.
-            job_ids = renew_claim(session, claim.job_ids, claim.claimed_at, utcnow())
-            if len(job_ids) < len(claim.job_ids):
-                log.warning("%d claimed job(s) were taken back while waiting to be sent; not sending them",
-                            len(claim.job_ids) - len(job_ids))
+            job_ids = self._still_ours(session, claim)
             prepared = prepare_batch(session, job_ids, self.config, self.report) if job_ids else []
         if not prepared:
             return True

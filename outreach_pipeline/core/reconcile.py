@@ -2,9 +2,9 @@
 
 A run that dies between the provider's answer and our commit leaves its jobs SENDING. Once their
 claim is older than the lease (longer than any live run holds a batch), each is looked up at the
-provider by the `job_id` metadata it was sent with: found means it went out (record it SENT, keeping the subject and template
-recorded when it was composed), not found means it never did (back to PENDING, to be sent by this or a
-later run). If the provider cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
+provider by the `job_id` metadata it was sent with: found means it went out (record it SENT, with the
+subject the provider reports and the variant the lead gets, so follow-ups thread under it and replies count
+for it), not found means it never did (back to PENDING, to be sent by this or a later run). If the provider cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.jobs import Accepted, mark_sent
-from outreach_pipeline.db.models import EmailJob, JobStatus
+from outreach_pipeline.core.templates import choose_variant
+from outreach_pipeline.db.models import EmailJob, JobStatus, Template
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.mail.message import Mailer, MailerAccountError, MailerUnavailableError
 
@@ -41,6 +42,13 @@ def stale_sending_jobs(session: Session, claimed_before: datetime) -> list[int]:
     ))
 
 
+def _variant_sent(session: Session, job: EmailJob) -> int | None:
+    """The template the job was composed from: the variant its lead gets (the choice is deterministic)."""
+    templates = session.scalars(select(Template).where(Template.campaign_id == job.campaign_id,
+                                                       Template.step_number == job.step_number)).all()
+    return choose_variant(templates, job.lead_id).id if templates else job.template_id
+
+
 def reconcile_stale_jobs(factory: sessionmaker[Session], mailer: Mailer, now: datetime, lease: timedelta) -> ReconcileReport:
     """Settle every job SENDING for longer than `lease`; returns what was found."""
     report = ReconcileReport()
@@ -61,10 +69,9 @@ def reconcile_stale_jobs(factory: sessionmaker[Session], mailer: Mailer, now: da
             if job.status != JobStatus.SENDING or (job.claimed_at is not None and job.claimed_at >= cutoff):
                 continue
             if found is not None:
-                # The subject and template were recorded at compose; the provider's subject, if it tells,
-                # also covers a job composed before they were.
                 mark_sent(session, [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number,
-                                             found.provider_message_id, found.message_id_header, found.subject)],
+                                             found.provider_message_id, found.message_id_header,
+                                             found.subject or job.subject, _variant_sent(session, job))],
                           job.claimed_at or now)
                 report.found_sent += 1
             else:
