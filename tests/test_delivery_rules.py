@@ -3,11 +3,11 @@ resume; and how each Postmark answer is handled. Real databases, real postmarker
 
 from __future__ import annotations
 
-from collections import Counter
-
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +19,8 @@ from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, SenderPacing, Suppression
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
-from outreach_pipeline.mail.message import MailerAccountError, SendOutcome
+from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, SendOutcome
+from outreach_pipeline.mail.outbox import FileOutbox
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
 from tests.test_delivery_processes import CONFIG, seed_campaign
@@ -363,3 +364,16 @@ def test_campaigns_without_their_own_sender_share_the_default_addresss_cap_and_g
     assert send(sessions, fake_postmark, now + timedelta(minutes=9)).sent == 0
     with session_scope(sessions) as session:
         assert session.get(SenderPacing, "team@sender.example") is not None
+
+
+def test_the_file_outbox_finds_a_sent_job_with_the_subject_it_went_out_with(tmp_path: Path) -> None:
+    outbox = FileOutbox(tmp_path / "outbox")
+    (sent,) = outbox.send_batch([OutgoingEmail(to="ada@one.example", from_email="Ada <ada@sender.example>",
+                                               subject="Zoë's café, Q3", text_body="Hi", metadata={"job_id": "41"})])
+
+    found = outbox.find_sent("41")
+
+    assert found is not None
+    assert (found.provider_message_id, found.message_id_header, found.subject) == (
+        sent.provider_message_id, sent.message_id_header, "Zoë's café, Q3")
+    assert outbox.find_sent("4") is None

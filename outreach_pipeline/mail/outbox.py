@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -58,9 +59,11 @@ class FileOutbox:
             data = path.read_bytes()
             if wanted not in data.replace(b"\r\n", b"\n"):
                 continue
-            message_id = str(email.message_from_bytes(data)["Message-ID"] or "")
+            parsed = email.message_from_bytes(data, policy=email.policy.default)
+            message_id = str(parsed["Message-ID"] or "")
             local_id = message_id.strip("<>").partition("@")[0]
-            return SendResult(SendOutcome.SENT, provider_message_id=local_id, message_id_header=message_id or None)
+            return SendResult(SendOutcome.SENT, provider_message_id=local_id, message_id_header=message_id or None,
+                              subject=str(parsed["Subject"] or "") or None)
         return None
 
     def _write(self, message: OutgoingEmail) -> SendResult:
