@@ -311,10 +311,11 @@ def test_a_sender_signature_refused_in_a_mixed_batch_keeps_what_was_sent_and_the
     unsigned = seed_campaign(sessions, 2, sender_email="bo@unsigned.example")
     fake_postmark.sender_signatures = {"ada@sender.example"}  # bo@ answers ErrorCode 400, message by message
 
-    with pytest.raises(MailerAccountError, match=r"400.*not a Sender Signature"):
+    with pytest.raises(MailerAccountError, match=r"400.*not a Sender Signature") as refused:
         send(sessions, fake_postmark)
 
     assert len(fake_postmark.messages) == 2
+    assert refused.value.sent == 2  # what the run reports as gone out before it stopped
     assert {status for *_, status, _ in jobs(sessions, good.campaign_id)} == {JobStatus.SENT}
     assert {status for *_, status, _ in jobs(sessions, unsigned.campaign_id)} == {JobStatus.PENDING}
     assert _lead_statuses(sessions) == {LeadStatus.CONTACTED, LeadStatus.PENDING}

@@ -478,6 +478,7 @@ def dispatch_due(
     finally:
         run.release_all()
     if run.account_error is not None:
+        run.account_error.sent = run.report.sent
         raise run.account_error
     with session_scope(factory) as session:
         complete_finished_campaigns(session)

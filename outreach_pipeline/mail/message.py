@@ -59,7 +59,10 @@ class MailerUnavailableError(Exception):
 
 
 class MailerAccountError(Exception):
-    """The provider refuses the account (bad token, suspended): stop sending, nothing was sent."""
+    """The provider refuses the account (bad token, suspended) or our sender: stop sending; what the refused
+    batch held stays pending. `sent` is what the run had sent before (set by the dispatch)."""
+
+    sent: int = 0
 
 
 class Mailer(Protocol):
