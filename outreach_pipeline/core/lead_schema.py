@@ -141,11 +141,25 @@ def _custom_fields_have_no_control_characters(frame: pd.DataFrame) -> pd.Series:
     return clean
 
 
+def _cells_within(column: pd.Series, limit: int) -> bool:
+    """True when no cell of the column's Arrow text has more than `limit` bytes, read off the offsets: a cell
+    has at least as many bytes as characters, so then none is too long. False when unsure."""
+    if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
+        return False
+    for chunk in column.array.__arrow_array__().chunks:
+        if chunk.type != _LARGE_TEXT:
+            return False
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        if len(offsets) > 1 and np.diff(offsets).max() > limit:
+            return False
+    return True
+
+
 def _custom_fields_fit(frame: pd.DataFrame) -> pd.Series:
     """Row-wise: True where no custom cell is longer than MAX_CUSTOM_LENGTH."""
     fits = pd.Series(True, index=frame.index)
     for column in frame.columns:
-        if column not in STANDARD_FIELDS:
+        if column not in STANDARD_FIELDS and not _cells_within(frame[column], MAX_CUSTOM_LENGTH):
             too_long = (frame[column].str.len() > MAX_CUSTOM_LENGTH).fillna(False).astype(bool)
             if too_long.any():
                 fits &= ~too_long
