@@ -128,7 +128,9 @@ def test_webhook_payloads_the_store_cannot_hold_are_422(client: TestClient[Any])
                          headers={"Content-Type": "application/json"}), 400)
 
 
-def test_a_window_order_a_patch_breaks_names_the_hour_it_set(client: TestClient[Any], auth_headers: dict[str, str]) -> None:
+def test_a_window_order_a_patch_breaks_names_the_hour_it_set(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
     campaign = client.post("/api/campaigns", json={"name": "x", "window_end_hour": 18}, headers=auth_headers).json()
     body = _problem(client.patch(f"/api/campaigns/{campaign['id']}", json={"window_start_hour": 20},
                                  headers=auth_headers), 422)

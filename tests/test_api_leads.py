@@ -268,7 +268,8 @@ def test_leads_joining_a_running_campaign_need_the_fields_its_templates_use(
     draft = _campaign(client, auth_headers, name="Draft")  # a DRAFT's leads are checked at launch instead
     by_name = {"step_number": 1, "subject": "Hello", "body": "Hi {{first_name}}"}
     assert client.post(f"/api/campaigns/{draft}/templates", headers=auth_headers, json=by_name).status_code == 201
-    added = client.post(f"/api/campaigns/{draft}/leads", headers=auth_headers, json={"leads": [{"email": "h@x.example"}]})
+    added = client.post(f"/api/campaigns/{draft}/leads", headers=auth_headers,
+                        json={"leads": [{"email": "h@x.example"}]})
     assert added.json()["stored"] == 1, added.text
 
 

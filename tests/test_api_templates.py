@@ -172,7 +172,8 @@ def test_a_template_saved_on_a_running_campaign_must_fit_the_leads_still_to_get_
         if status == "PAUSED":
             assert client.post(f"/api/campaigns/{cid}/pause", headers=auth_headers).status_code == 200
         for answer in (
-            client.post(f"/api/campaigns/{cid}/templates", headers=auth_headers, json={"step_number": 2, **needs_company}),
+            client.post(f"/api/campaigns/{cid}/templates", headers=auth_headers,
+                        json={"step_number": 2, **needs_company}),
             client.patch(f"/api/campaigns/{cid}/templates/{step_two['id']}", headers=auth_headers, json=needs_company),
         ):
             assert answer.status_code == 422, (status, answer.text)

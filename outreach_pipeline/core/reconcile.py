@@ -3,8 +3,9 @@
 A run that dies between the provider's answer and our commit leaves its jobs SENDING. Once their
 claim is older than the lease (longer than any live run holds a batch), each is looked up at the
 provider by the `job_id` metadata it was sent with: found means it went out (record it SENT, with the
-subject the provider reports and the variant the lead gets, so follow-ups thread under it and replies count
-for it), not found means it never did (back to PENDING, to be sent by this or a later run). If the provider cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
+subject the provider reports and the variant the lead gets, so follow-ups thread under it and replies
+count for it), not found means it never did (back to PENDING, to be sent by this or a later run). If
+the provider cannot be asked, the job stays SENDING: never guessed, never re-sent blind.
 """
 
 from __future__ import annotations
