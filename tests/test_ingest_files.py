@@ -181,6 +181,21 @@ def test_a_sales_navigator_export_maps_its_headers_and_keeps_the_rest_as_custom_
         "company_headcount": "51-200", "connection_degree": "2nd"}
 
 
+def test_a_linkedin_connections_export_skips_the_notes_above_its_header(door: Door) -> None:
+    cid = door.campaign()
+
+    outcome = door.send(cid, _name("connections"), (DATA / "linkedin_connections.csv").read_bytes())
+
+    assert outcome.counts == {"rows_read": 3, "stored": 2, "rejected": 1,
+                              "rejected_by_reason": {"missing email": 1}}
+    assert outcome.rejects == [["line", "email", "reason"], ["6", "", "missing email"]]  # the file's own line
+    carmen = door.leads(cid)["carmen.ruiz@logistica.example"]
+    assert (carmen["first_name"], carmen["company"], carmen["title"]) == (
+        "Carmen", "Logística Ruiz", "Directora de Operaciones")
+    assert carmen["custom_fields"] == {"url": "https://www.linkedin.com/in/carmen-ruiz",
+                                       "connected_on": "28 Jan 2024"}
+
+
 def test_an_excel_unicode_text_file_is_utf16_and_tab_separated(door: Door) -> None:
     cid = door.campaign()
 

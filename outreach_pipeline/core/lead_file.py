@@ -12,7 +12,7 @@ import csv
 import gc
 import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -284,11 +284,13 @@ def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int
     chunk.lines += compress(starts, keep)
 
 
-def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, previous_end: int) -> tuple[int, bool]:
+def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, previous_end: int,
+          lines_before: int) -> tuple[int, bool]:
     """Read records into the chunk until it holds `chunk_rows` (blank ones do not count) or the file ends.
 
     Returns the line where the last record read ended, and whether the file has ended. The records are
-    read in batches whose lists die with this call: only the chunk keeps the records alive.
+    read in batches whose lists die with this call: only the chunk keeps the records alive. The reader
+    counts lines from the header; `lines_before` (blank lines, a preamble) makes them the file's lines.
     """
     ends: list[int] = []
     try:
@@ -297,6 +299,8 @@ def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, p
             records: list[list[str]] = []
             ends = []
             _read_records(reader, wanted, records, ends)
+            if lines_before:
+                ends[:] = [end + lines_before for end in ends]
             at_end = _drop_end_of_file(records, ends, previous_end)
             if records:
                 # A record starts on the line after the one where the previous record (even a blank one) ended.
@@ -310,20 +314,40 @@ def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, p
     return previous_end, False
 
 
-def _chunks(reader: csv.Reader, width: int, chunk_rows: int, after_header: int) -> Iterator[RecordChunk]:
-    previous_end, ended = after_header, False  # line_num counts physical lines consumed so far
+def _chunks(reader: csv.Reader, width: int, chunk_rows: int, lines_before: int) -> Iterator[RecordChunk]:
+    # The header ends at the reader's line_num (it counts the physical lines it consumed) after those before it.
+    previous_end, ended = lines_before + reader.line_num, False
     while not ended:
         chunk = RecordChunk()
         try:
-            previous_end, ended = _fill(chunk, reader, width, chunk_rows, previous_end)
+            previous_end, ended = _fill(chunk, reader, width, chunk_rows, previous_end, lines_before)
         except UnicodeDecodeError as error:
             raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
         if len(chunk):
             yield chunk
 
 
-def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
-    """Detect the format and read the header; raises InvalidInputError for what is not a CSV of rows."""
+def _cells(line: str, after: list[str]) -> list[str]:
+    return next(csv.reader([line], delimiter=sniff_delimiter(line, after)), [])
+
+
+def _after_preamble(first: str, sample: list[str], skipped: int, is_header: Callable[[list[str]], bool] | None,
+                    ) -> tuple[str, list[str], int]:
+    """The header line, the sample after it and the lines before it. Some exports open with notes
+    (LinkedIn's Connections.csv: "Notes:" and a paragraph): when the first line is no header and a later
+    line of the sample is, the lines before that one are a preamble, not rows."""
+    if is_header is None or is_header(_cells(first, sample)):
+        return first, sample, skipped
+    for at, candidate in enumerate(sample):
+        if candidate.strip() and is_header(_cells(candidate, sample[at + 1:])):
+            return candidate, sample[at + 1:], skipped + 1 + at
+    return first, sample, skipped
+
+
+def open_lead_file(stream: BinaryIO, chunk_rows: int, is_header: Callable[[list[str]], bool] | None = None,
+                   ) -> LeadFile:
+    """Detect the format and read the header; raises InvalidInputError for what is not a CSV of rows.
+    `is_header` tells a header line's cells from a preamble's (see _after_preamble)."""
     encoding = detect_encoding(stream)
     # Lines come from lists in C (chain), not from a Python generator per line: the csv module pulls them fast.
     lines = chain.from_iterable(_bounded_line_blocks(_text_blocks(stream, encoding)))
@@ -341,6 +365,7 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
         sample = list(islice(lines, SNIFF_LINES))  # read again below, from this list
     except UnicodeDecodeError as error:
         raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
+    line, sample, skipped = _after_preamble(line, sample, skipped, is_header)
     delimiter = sniff_delimiter(line, sample)
     # The header line is read again through the csv module so quoted header cells parse the same way.
     reader = csv.reader(chain((line,), sample, lines, (_END_OF_FILE,)), delimiter=delimiter)
@@ -349,6 +374,5 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int) -> LeadFile:
         raise InvalidInputError("The header line opens a quoted field that is never closed.")
     # Trailing header cells without a name stay columns (column_N): spreadsheets add empty ones, which
     # cost nothing, and a column someone forgot to name keeps its data.
-    header_end = skipped + reader.line_num
     return LeadFile(encoding, delimiter, [h.strip() for h in headers],
-                    _chunks(reader, len(headers), chunk_rows, header_end))
+                    _chunks(reader, len(headers), chunk_rows, skipped))

@@ -180,11 +180,15 @@ class _Batch:
 
 
 def _file_batches(stream: BinaryIO, chunk_rows: int) -> Iterator[_Batch]:
-    lead_file = open_lead_file(stream, chunk_rows)
+    lead_file = open_lead_file(stream, chunk_rows, is_header=_names_an_email_column)
     plan = column_plan(lead_file.headers)
     email_at = next(i for i, name in plan if name == "email")
     while batch := _next_batch(lead_file.chunks, plan, email_at):
         yield batch
+
+
+def _names_an_email_column(cells: list[str]) -> bool:
+    return any(canonical_header(cell) == "email" for cell in cells if cell.strip())
 
 
 def _next_batch(chunks: Iterator[RecordChunk], plan: list[tuple[int, str]], email_at: int) -> _Batch | None:
