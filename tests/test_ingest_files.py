@@ -196,6 +196,14 @@ def test_a_linkedin_connections_export_skips_the_notes_above_its_header(door: Do
                                        "connected_on": "28 Jan 2024"}
 
 
+def test_blank_lines_above_the_header_count_in_the_line_numbers(door: Door) -> None:
+    cid = door.campaign()
+
+    outcome = door.send(cid, _name("blank-top"), b"\r\n\r\nemail,first_name\r\nann@a.example,Ann\r\nnot-an-address,Bo\r\n")
+
+    assert outcome.rejects == [["line", "email", "reason"], ["5", "not-an-address", "invalid email"]]
+
+
 def test_an_excel_unicode_text_file_is_utf16_and_tab_separated(door: Door) -> None:
     cid = door.campaign()
 
