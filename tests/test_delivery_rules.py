@@ -17,7 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
 from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import schedule_first_jobs
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, SenderLimit, SenderPacing, Suppression
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStatus,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    SenderLimit,
+    SenderPacing,
+    Suppression,
+)
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, SendOutcome
 from outreach_pipeline.mail.outbox import FileOutbox
@@ -289,40 +299,67 @@ def _lead_statuses(sessions: sessionmaker[Session]) -> set[LeadStatus]:
         return set(session.scalars(select(Lead.status)))
 
 
-def test_a_from_address_postmark_refuses_stops_the_run_and_fails_no_lead(
+def _campaign(sessions: sessionmaker[Session], campaign_id: int) -> tuple[CampaignStatus, str | None]:
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        return campaign.status, campaign.paused_reason
+
+
+def test_a_from_address_postmark_refuses_pauses_its_campaign_and_fails_no_lead(
     sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
     seeded = seed_campaign(sessions, 3)
     with session_scope(sessions) as session:  # stored before campaigns validated it; Postmark answers 300
         session.get_one(Campaign, seeded.campaign_id).sender_email = "ada,ops@sender.example"
 
-    with pytest.raises(MailerAccountError, match="Invalid 'From' address"):
-        send(sessions, fake_postmark)
+    report = send(sessions, fake_postmark)
 
-    assert fake_postmark.messages == []
+    assert (report.sent, report.failed, fake_postmark.messages) == (0, 0, [])
     assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
     assert _lead_statuses(sessions) == {LeadStatus.PENDING}
+    status, reason = _campaign(sessions, seeded.campaign_id)
+    assert status == CampaignStatus.PAUSED
+    assert reason is not None and "refused this campaign's sender" in reason and "Invalid 'From' address" in reason
 
 
-def test_a_sender_signature_refused_in_a_mixed_batch_keeps_what_was_sent_and_the_rest_pending(
+def test_a_refused_sender_pauses_its_campaign_only_and_the_others_still_send(
     sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    good = seed_campaign(sessions, 2)
-    unsigned = seed_campaign(sessions, 2, sender_email="bo@unsigned.example")
+    # The unsigned campaign comes first and holds more than a batch: it must not keep the other waiting.
+    unsigned = seed_campaign(sessions, 60, sender_email="bo@unsigned.example")
+    good = seed_campaign(sessions, 2, owner_email="other@tenant.example")
     fake_postmark.sender_signatures = {"ada@sender.example"}  # bo@ answers ErrorCode 400, message by message
 
-    with pytest.raises(MailerAccountError, match=r"400.*not a Sender Signature") as refused:
-        send(sessions, fake_postmark)
+    report = send(sessions, fake_postmark)
 
-    assert len(fake_postmark.messages) == 2
-    assert refused.value.sent == 2  # what the run reports as gone out before it stopped
+    assert report.sent == 2 and len(fake_postmark.messages) == 2
     assert {status for *_, status, _ in jobs(sessions, good.campaign_id)} == {JobStatus.SENT}
     assert {status for *_, status, _ in jobs(sessions, unsigned.campaign_id)} == {JobStatus.PENDING}
-    assert _lead_statuses(sessions) == {LeadStatus.CONTACTED, LeadStatus.PENDING}
+    assert _campaign(sessions, unsigned.campaign_id)[0] == CampaignStatus.PAUSED
+    assert _campaign(sessions, good.campaign_id)[0] == CampaignStatus.COMPLETED  # all of it went out
 
-    fake_postmark.sender_signatures.add("bo@unsigned.example")  # the operator confirms the signature
-    assert send(sessions, fake_postmark).sent == 2
-    assert len(fake_postmark.messages) == 4
+    fake_postmark.sender_signatures.add("bo@unsigned.example")  # the operator confirms the signature, resumes
+    with session_scope(sessions) as session:
+        resume_campaign(session, session.get_one(Campaign, unsigned.campaign_id), now=datetime.now(UTC))
+    assert send(sessions, fake_postmark, datetime.now(UTC) + timedelta(days=2), policy=SendPolicy(
+        batch_size=100, max_retries=2, backoff_base_s=0.01)).sent == 60
+
+
+def test_a_refused_account_stops_the_run_with_every_job_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 3)
+    out_of_credits = {"ErrorCode": 405, "Message": "Not allowed to send: you have run out of credits."}
+    fake_postmark.fail_next(200, [{**out_of_credits, "To": f"lead{n}@c{seeded.campaign_id}.example"}
+                                  for n in range(3)])
+
+    with pytest.raises(MailerAccountError, match="405.*run out of credits") as refused:
+        send(sessions, fake_postmark)
+
+    assert refused.value.sent == 0
+    assert set(_status_attempts(sessions)) == {(JobStatus.PENDING, 1)}
+    assert _lead_statuses(sessions) == {LeadStatus.PENDING}
+    assert _campaign(sessions, seeded.campaign_id)[0] == CampaignStatus.ACTIVE  # the account, not the campaign
 
 
 @pytest.mark.parametrize(("code", "message", "outcome"), [
@@ -333,9 +370,9 @@ def test_a_sender_signature_refused_in_a_mixed_batch_keeps_what_was_sent_and_the
     (406, "You tried to send to recipient(s) that have been marked as inactive.", SendOutcome.INACTIVE_RECIPIENT),
     (400, "The 'From' address you supplied is not a Sender Signature on your account.", SendOutcome.SENDER_REFUSED),
     (401, "Sender signature not confirmed.", SendOutcome.SENDER_REFUSED),
-    (405, "Not allowed to send: you have run out of credits.", SendOutcome.SENDER_REFUSED),
-    (412, "Your account is pending approval.", SendOutcome.SENDER_REFUSED),
-    (413, "Account may not send.", SendOutcome.SENDER_REFUSED),
+    (405, "Not allowed to send: you have run out of credits.", SendOutcome.ACCOUNT_REFUSED),
+    (412, "Your account is pending approval.", SendOutcome.ACCOUNT_REFUSED),
+    (413, "Account may not send.", SendOutcome.ACCOUNT_REFUSED),
     (411, "Forbidden attachment type.", SendOutcome.REJECTED),
 ])
 def test_a_per_message_error_is_the_recipients_only_when_postmark_says_so(

@@ -37,8 +37,8 @@ HUBSPOT_STORED = [  # the 4 valid rows of hubspot_export.csv, sorted
 INBOUND_DOMAIN = "inbound.sender.example"  # provider_settings' postmark_inbound_domain
 UNSUBSCRIBE_BASE = "https://outreach.example/unsubscribe/"  # provider_settings' app_base_url
 BOUNCED = "jwhitfield@meridianhealth.org"
-ACCOUNT_REFUSED = ("The mail provider refused the account or the sender; 0 email(s) went out before that, every other "
-                   "job is still pending: ")
+ACCOUNT_REFUSED = ("The mail provider refused the account; 0 email(s) went out before that, every other job is still "
+                   "pending: ")
 
 
 @pytest.fixture(scope="module")

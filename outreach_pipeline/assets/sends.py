@@ -41,7 +41,7 @@ def email_sends(context: AssetExecutionContext, database: DatabaseResource, mail
         report = dispatch_due(database.session_factory(), mailer, mail.sender_config(), due_before,
                               policy=mail.send_policy())
     except MailerAccountError as error:
-        raise Failure(f"The mail provider refused the account or the sender; {error.sent} email(s) went out before "
+        raise Failure(f"The mail provider refused the account; {error.sent} email(s) went out before "
                       f"that, every other job is still pending: {error}") from error
     context.log.info(f"window ending {window_end.isoformat()}: {report.as_metadata()}")
     return MaterializeResult(metadata={

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from outreach_pipeline.core.campaigns import complete_finished_campaigns
+from outreach_pipeline.core.campaigns import complete_finished_campaigns, pause_campaign
 from outreach_pipeline.core.claim import claim_due_jobs, defer_closed_windows, renew_claim
 from outreach_pipeline.core.compose import Composer, SenderConfig, ThreadParent
 from outreach_pipeline.core.jobs import Accepted, mark_sent
@@ -241,7 +241,7 @@ def prepare_batch(
 def record_results(
     session: Session, prepared: list[Prepared], results: list[SendResult], report: DispatchReport
 ) -> list[tuple[Prepared, SendResult]]:
-    """Record each result; returns the jobs whose sender the provider refused, left for the caller to release."""
+    """Record each result; returns the jobs refused for our sender or account, left for the caller."""
     sent_at = utcnow()
     accepted: list[Accepted] = []
     refused: list[tuple[Prepared, SendResult]] = []
@@ -251,7 +251,7 @@ def record_results(
                                      result.provider_message_id, result.message_id_header, sent.email.subject,
                                      sent.template_id))
             continue
-        if result.outcome == SendOutcome.SENDER_REFUSED:  # not this lead's fault: it must not lose its turn
+        if result.outcome in _OUR_SIDE:  # not this lead's fault: it must not lose its turn
             refused.append((sent, result))
             continue
         job = session.get_one(EmailJob, sent.job_id)
@@ -265,6 +265,18 @@ def record_results(
     mark_sent(session, accepted, sent_at)
     report.add(sent=len(accepted))
     return refused
+
+
+_OUR_SIDE = (SendOutcome.SENDER_REFUSED, SendOutcome.ACCOUNT_REFUSED)
+
+
+def _pause_for_sender(session: Session, campaign_id: int, result: SendResult) -> None:
+    campaign = session.get_one(Campaign, campaign_id, with_for_update=True)
+    if campaign.status == CampaignStatus.ACTIVE:  # a batch in flight may have paused it already
+        pause_campaign(session, campaign, reason=(
+            f"Paused automatically: the mail provider refused this campaign's sender ([{result.error_code}] "
+            f"{result.error}). Fix the sender address (a confirmed sender signature), then resume."))
+        log.warning("campaign %d paused: the provider refused its sender: %s", campaign_id, result.error)
 
 
 def _release(factory: sessionmaker[Session], job_ids: list[int], reason: str) -> None:
@@ -349,13 +361,22 @@ class _Run:
         claim = self.claim()
         return bool(claim.job_ids) and self.send_claimed(claim)
 
-    def refuse_sender(self, refused: list[tuple[Prepared, SendResult]]) -> None:
-        """The provider refused our sender or account: stop the run, the refused jobs back to PENDING."""
-        result = refused[0][1]
-        error = MailerAccountError(f"the provider refused the sender: [{result.error_code}] {result.error}")
-        self.stop.set()
-        self.release_later([sent.job_id for sent, _ in refused], str(error))
-        self.account_error = self.account_error or error
+    def refused(self, refused: list[tuple[Prepared, SendResult]]) -> bool:
+        """Jobs the provider refused for our side go back to PENDING. A refused account stops the run; a
+        refused sender pauses its campaign, saying why, and the run goes on with the others. False to stop."""
+        self.release_later([sent.job_id for sent, _ in refused], "refused by the provider for our sender")
+        account = [result for _, result in refused if result.outcome == SendOutcome.ACCOUNT_REFUSED]
+        if account:
+            refusal = account[0]
+            error = MailerAccountError(f"the provider refused the account: [{refusal.error_code}] {refusal.error}")
+            self.stop.set()
+            self.account_error = self.account_error or error
+            return False
+        self.report.add(requeued=len(refused))
+        with session_scope(self.factory) as session:
+            for campaign_id, result in {sent.campaign_id: result for sent, result in refused}.items():
+                _pause_for_sender(session, campaign_id, result)
+        return True
 
     def _still_ours(self, session: Session, claim: Claim) -> list[int]:
         """The claimed jobs this batch may send. A claim younger than half the lease is ours whatever happens
@@ -400,10 +421,7 @@ class _Run:
         _pause_for_crash_test()
         with session_scope(self.factory) as session:
             refused = record_results(session, prepared, results, self.report)
-        if refused:
-            self.refuse_sender(refused)
-            return False
-        return True
+        return self.refused(refused) if refused else True
 
 
 STOPPED_BEFORE_SENDING = "the run stopped before this batch was sent"

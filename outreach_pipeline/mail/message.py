@@ -27,9 +27,11 @@ class SendOutcome(StrEnum):
     INVALID_RECIPIENT = "INVALID_RECIPIENT"  # the address can never receive mail
     INACTIVE_RECIPIENT = "INACTIVE_RECIPIENT"  # the provider has stopped mailing it (bounces, complaints)
     REJECTED = "REJECTED"  # any other per-message refusal
-    # The provider refused our sender or account, not this recipient: every message would meet the same
-    # answer, so the run stops and the job waits, PENDING, for the operator to fix the sender.
+    # The provider refused the campaign's sender, not this recipient: every message of that campaign would
+    # meet the same answer, so the campaign pauses and the job waits, PENDING, for the sender to be fixed.
     SENDER_REFUSED = "SENDER_REFUSED"
+    # The provider refused our account (token, credits, suspension): nothing can go out, so the run stops.
+    ACCOUNT_REFUSED = "ACCOUNT_REFUSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class MailerUnavailableError(Exception):
 
 
 class MailerAccountError(Exception):
-    """The provider refuses the account (bad token, suspended) or our sender: stop sending; what the refused
+    """The provider refuses the account (bad token, no credits, suspended): stop sending; what the refused
     batch held stays pending. `sent` is what the run had sent before (set by the dispatch)."""
 
     sent: int = 0

@@ -30,10 +30,11 @@ from outreach_pipeline.mail.message import (
 INVALID_EMAIL_REQUEST = 300
 INACTIVE_RECIPIENT = 406
 RATE_LIMITED = 429
-# About our sender or account, never the recipient: bad token, sender signature not found / not confirmed,
-# not allowed to send (no credits), account pending, account may not send. Every message of every lead would
-# meet the same answer, so these stop the run with the jobs PENDING instead of failing lead after lead.
-SENDER_OR_ACCOUNT_CODES = frozenset({10, 400, 401, 405, 412, 413})
+# About our side, never the recipient, so no lead is failed for them. A sender signature not found or not
+# confirmed is one campaign's sender: that campaign pauses. A bad token, no credits, an account pending or
+# not allowed to send is the whole account: the run stops. Both leave the jobs PENDING.
+SENDER_CODES = frozenset({400, 401})
+ACCOUNT_CODES = frozenset({10, 405, 412, 413})
 # A 300 is a malformed message, whose field Postmark names first, in quotes: "Invalid 'To' address: ...".
 # The recipient's own address is the lead's fault; a From, Sender or Reply-To address is ours (campaign
 # settings or the configured default), however the address itself is spelled, so only the first quoted word
@@ -44,7 +45,7 @@ _SENDER_FIELD_FIRST = re.compile(r"^[^']*'(?:From|Sender|ReplyTo|Reply-To)'", re
 def _is_about_sender(code: int, message: str) -> bool:
     if code == INVALID_EMAIL_REQUEST:
         return _SENDER_FIELD_FIRST.match(message) is not None
-    return code in SENDER_OR_ACCOUNT_CODES
+    return code in SENDER_CODES
 
 
 def _is_postmark_error(response: requests.Response) -> bool:
@@ -160,6 +161,8 @@ class PostmarkMailer:
             header = f"<{message_id}@mtasv.net>" if message_id else None
             return SendResult(SendOutcome.SENT, provider_message_id=message_id, message_id_header=header)
         message = str(answer.get("Message", ""))
+        if code in ACCOUNT_CODES:
+            return SendResult(SendOutcome.ACCOUNT_REFUSED, error_code=code, error=message)
         if _is_about_sender(code, message):
             return SendResult(SendOutcome.SENDER_REFUSED, error_code=code, error=message)
         outcome = {
