@@ -221,6 +221,14 @@ def test_repeats_are_found_across_many_chunks(sessions: sessionmaker[Session], c
     assert (report.rows_read, report.stored, dict(report.reasons)) == (2005, 2000, {"duplicate in file": 5})
 
 
+def test_a_blank_line_where_a_chunk_ends_is_skipped(sessions: sessionmaker[Session], campaign_id: int) -> None:
+    data = b"email,name\na@x.example,A\nb@x.example,B\n\nc@x.example,C\n\n"  # blank lines 4 and 6
+    with session_scope(sessions) as session:
+        report = import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "api:blank",
+                                  chunk_rows=2)  # the first chunk's last record read is the blank line 4
+    assert (report.rows_read, report.stored, report.rejected) == (3, 3, 0)
+
+
 def test_an_address_both_in_the_campaign_and_suppressed_is_reported_as_suppressed(
     sessions: sessionmaker[Session], campaign_id: int
 ) -> None:

@@ -248,7 +248,7 @@ def _drop_end_of_file(records: list[list[str]], ends: list[int], previous_end: i
     import when the marker ended up inside a cell: a quote was opened and never closed, so every line after
     it was read as that cell's text, and no row after it can be told apart."""
     last = records[-1] if records else None
-    if last is None or not last[-1].endswith(_END_OF_FILE):
+    if not last or not last[-1].endswith(_END_OF_FILE):  # a blank line reads as []
         return False
     if last != [_END_OF_FILE]:
         start = ends[-2] + 1 if len(ends) > 1 else previous_end + 1
