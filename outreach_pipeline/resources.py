@@ -16,6 +16,7 @@ from outreach_pipeline.llm.brief import TemplateWriter
 from outreach_pipeline.llm.factory import build_writer
 from outreach_pipeline.mail.factory import build_mailer
 from outreach_pipeline.mail.message import Mailer
+from outreach_pipeline.mail.postmark import DEFAULT_TIMEOUT_S
 from outreach_pipeline.settings import Settings
 
 
@@ -64,8 +65,10 @@ class MailResource(ConfigurableResource):
         return SenderConfig(self.from_email, self.inbound_domain, self.app_base_url)
 
     def send_policy(self) -> SendPolicy:
-        return SendPolicy(batch_size=self.batch_size, concurrency=self.concurrency, max_retries=self.max_retries,
-                          backoff_base_s=self.backoff_base_s, lease=timedelta(minutes=self.lease_minutes))
+        policy = SendPolicy(batch_size=self.batch_size, concurrency=self.concurrency, max_retries=self.max_retries,
+                            backoff_base_s=self.backoff_base_s, lease=timedelta(minutes=self.lease_minutes))
+        policy.check_lease(DEFAULT_TIMEOUT_S)  # the resource may be configured apart from the settings
+        return policy
 
 
 class TemplateWriterResource(ConfigurableResource):

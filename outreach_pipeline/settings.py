@@ -7,6 +7,7 @@ file outbox under `data/`, the offline template writer, a generated secret key.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -114,12 +115,24 @@ class Settings(BaseSettings):
             self.outbox_dir = self.data_dir / "outbox"
         if not self.leads_bucket:
             self.leads_bucket = str(self.data_dir / "bucket")
+        self._check_send_lease()
         if self.is_production and not self.app_base_url.startswith("https://"):
             # Every email's one-click unsubscribe link is built on it, and RFC 8058 (and Gmail's and Yahoo's
             # sender rules) accept only https there.
             raise ValueError("APP_BASE_URL must be an https:// URL when ENVIRONMENT=production: the one-click "
                              "unsubscribe link in every email is built on it and must be https (RFC 8058).")
         return self
+
+    def _check_send_lease(self) -> None:
+        """SEND_LEASE_MINUTES against SEND_MAX_RETRIES (SendPolicy.check_lease says why)."""
+        from outreach_pipeline.core.delivery import SendPolicy  # noqa: PLC0415 (settings load first)
+        from outreach_pipeline.mail.postmark import DEFAULT_TIMEOUT_S  # noqa: PLC0415
+
+        policy = SendPolicy(max_retries=self.send_max_retries, lease=timedelta(minutes=self.send_lease_minutes))
+        try:
+            policy.check_lease(DEFAULT_TIMEOUT_S)
+        except ValueError as error:
+            raise ValueError(f"SEND_LEASE_MINUTES with SEND_MAX_RETRIES={self.send_max_retries}: {error}.") from error
 
     @property
     def is_production(self) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.placeholders import render
+from outreach_pipeline.core.reconcile import _variant_sent
 from outreach_pipeline.core.suppression import suppress_domain
 from outreach_pipeline.core.templates import TemplateInput, save_template
 from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, LeadStatus, Template, User
@@ -212,3 +213,22 @@ def test_one_click_unsubscribe_answers_post_with_200_and_a_get_changes_nothing(
                 JobStatus.SKIPPED]
     finally:
         engine.dispose()
+
+
+def test_the_reconciler_credits_the_variant_whose_subject_went_out_even_after_a_variant_is_added(
+    sessions: sessionmaker[Session],
+) -> None:
+    seeded = seed_campaign(sessions, 2)  # one variant, A: "Hello {{company}}"
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, seeded.campaign_id)
+        save_template(session, campaign, TemplateInput(step_number=1, variant="B", subject="Other {{company}}",
+                                                       body="Hi {{first_name|there}}"))
+        session.flush()
+        variant = {t.id: t.variant for t in session.scalars(select(Template))}
+        jobs = session.scalars(select(EmailJob).where(EmailJob.campaign_id == seeded.campaign_id)).all()
+
+        # Both went out as A, before B existed: the subject says so, whatever lead id % 2 picks now.
+        assert {variant[_variant_sent(session, job, "Hello Acme")] for job in jobs} == {"A"}
+        assert {variant[_variant_sent(session, job, "Other Acme")] for job in jobs} == {"B"}
+        # No subject from the provider: the lead's deterministic variant.
+        assert sorted(variant[_variant_sent(session, job, None)] for job in jobs) == ["A", "B"]

@@ -278,6 +278,20 @@ def test_a_proxy_error_without_postmarks_error_code_is_retried_by_its_http_statu
     assert set(_status_attempts(sessions)) == {(JobStatus.SENT, 1)}
 
 
+def test_a_gateway_timeout_is_never_resent_blind(sessions: sessionmaker[Session], fake_postmark: FakePostmark) -> None:
+    """A 504 from a gateway in front of Postmark: it stopped waiting, Postmark may have taken the batch."""
+    seeded = seed_campaign(sessions, 2)
+    fake_postmark.fail_next_from_proxy(504)
+
+    report = send(sessions, fake_postmark)
+
+    assert (report.sent, report.retried, report.uncertain) == (0, 0, 2)
+    assert {status for _, _, status, _ in jobs(sessions, seeded.campaign_id)} == {JobStatus.SENDING}
+    settled = send(sessions, fake_postmark, datetime.now(UTC) + timedelta(minutes=16))  # asked first, then sent
+    assert (settled.reconciled_requeued, settled.sent) == (2, 2)
+    assert len(fake_postmark.messages) == 2
+
+
 def test_a_proxy_4xx_without_postmarks_error_code_stops_the_run_with_every_job_pending(
     sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:

@@ -73,3 +73,12 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
         assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
     engine.dispose()
+
+
+def test_a_send_lease_too_short_for_a_batch_and_its_retries_is_refused(tmp_path: Path) -> None:
+    """Half the lease must outlast a batch's every retry: a claim that young is sent without renewal."""
+    with pytest.raises(ValidationError, match="more than 10 minutes"):
+        bare_settings(tmp_path, send_lease_minutes=9)
+    with pytest.raises(ValidationError, match="more than 22 minutes"):
+        bare_settings(tmp_path, send_max_retries=10)  # the default 15 minutes is too short for ten retries
+    assert bare_settings(tmp_path, send_lease_minutes=11).send_lease_minutes == 11

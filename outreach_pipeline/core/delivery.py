@@ -69,6 +69,15 @@ class SendPolicy:
     # to send (retries included), since a claim that young is sent without being renewed.
     lease: timedelta = timedelta(minutes=15)
 
+    def check_lease(self, request_timeout_s: float) -> None:
+        """A claim younger than half the lease is sent without being renewed (_Run._still_ours), so half the
+        lease must outlast the longest a batch can take to send (every attempt timing out, every pause at its
+        longest); else a reconciler could take back a batch still being sent, and it would go out twice."""
+        longest_s = (self.max_retries + 1) * (request_timeout_s + self.backoff_max_s)
+        if self.lease.total_seconds() / 2 <= longest_s:
+            raise ValueError(f"the send lease must be more than {2 * longest_s / 60:g} minutes: twice the longest "
+                             f"a batch can take to send with {self.max_retries} retries")
+
 
 @dataclass
 class DispatchReport:

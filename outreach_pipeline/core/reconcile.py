@@ -17,7 +17,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from outreach_pipeline.core.compose import lead_values
 from outreach_pipeline.core.jobs import Accepted, mark_sent
+from outreach_pipeline.core.placeholders import render
 from outreach_pipeline.core.templates import choose_variant
 from outreach_pipeline.db.models import EmailJob, JobStatus, Template
 from outreach_pipeline.db.session import session_scope
@@ -43,11 +45,20 @@ def stale_sending_jobs(session: Session, claimed_before: datetime) -> list[int]:
     ))
 
 
-def _variant_sent(session: Session, job: EmailJob) -> int | None:
-    """The template the job was composed from: the variant its lead gets (the choice is deterministic)."""
+def _variant_sent(session: Session, job: EmailJob, subject: str | None) -> int | None:
+    """The template the job was composed from. The one variant whose subject, rendered for the lead, is the
+    subject the provider reports; else the variant the lead gets (the choice is deterministic, as long as
+    no variant was added or removed since the send)."""
     templates = session.scalars(select(Template).where(Template.campaign_id == job.campaign_id,
                                                        Template.step_number == job.step_number)).all()
-    return choose_variant(templates, job.lead_id).id if templates else job.template_id
+    if not templates:
+        return job.template_id
+    if subject and len(templates) > 1:
+        values = lead_values(job.lead, job.lead.campaign.sender_name)
+        matching = [t for t in templates if render(t.subject, values, header=True) == subject]
+        if len(matching) == 1:
+            return matching[0].id
+    return choose_variant(templates, job.lead_id).id
 
 
 def reconcile_stale_jobs(factory: sessionmaker[Session], mailer: Mailer, now: datetime, lease: timedelta) -> ReconcileReport:
@@ -72,7 +83,8 @@ def reconcile_stale_jobs(factory: sessionmaker[Session], mailer: Mailer, now: da
             if found is not None:
                 mark_sent(session, [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number,
                                              found.provider_message_id, found.message_id_header,
-                                             found.subject or job.subject, _variant_sent(session, job))],
+                                             found.subject or job.subject,
+                                             _variant_sent(session, job, found.subject))],
                           job.claimed_at or now)
                 report.found_sent += 1
             else:

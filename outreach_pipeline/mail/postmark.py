@@ -30,6 +30,8 @@ from outreach_pipeline.mail.message import (
 INVALID_EMAIL_REQUEST = 300
 INACTIVE_RECIPIENT = 406
 RATE_LIMITED = 429
+GATEWAY_TIMEOUT = 504
+DEFAULT_TIMEOUT_S = 30.0  # per request to Postmark
 # About our side, never the recipient, so no lead is failed for them. A sender signature not found or not
 # confirmed is one campaign's sender: that campaign pauses. A bad token, no credits, an account pending or
 # not allowed to send is the whole account: the run stops. Both leave the jobs PENDING.
@@ -81,7 +83,8 @@ def _is_passing(status: int | None, code: int | None) -> bool:
 class PostmarkMailer:
     name = "postmark"
 
-    def __init__(self, server_token: str, api_url: str, message_stream: str, timeout: float = 30.0) -> None:
+    def __init__(self, server_token: str, api_url: str, message_stream: str,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self._options = {"server_token": server_token, "root_api_url": api_url, "timeout": timeout}
         self._local = threading.local()
         self.message_stream = message_stream
@@ -106,7 +109,10 @@ class PostmarkMailer:
                 raise MailerUnavailableError(str(error)) from error
             raise MailerAccountError(str(error)) from error
         except requests.HTTPError as error:  # an answer without Postmark's error body (a gateway or proxy)
-            if _is_passing(_http_status(error), None):
+            status = _http_status(error)
+            if status == GATEWAY_TIMEOUT:  # the gateway gave up waiting: Postmark may have taken the batch
+                raise MailerUnavailableError(str(error), maybe_sent=True) from error
+            if _is_passing(status, None):
                 raise MailerUnavailableError(str(error)) from error
             raise MailerAccountError(str(error)) from error
         except (requests.ConnectionError, requests.ConnectTimeout) as error:
