@@ -347,6 +347,8 @@ def test_a_refused_sender_pauses_its_campaign_only_and_the_others_still_send(
     report = send(sessions, fake_postmark)
 
     assert report.sent == 2 and len(fake_postmark.messages) == 2
+    (reason, count), = report.reasons.items()  # in the send asset's metadata
+    assert reason == f"sender refused (400); campaign {unsigned.campaign_id} paused" and count == report.requeued > 0
     assert {status for *_, status, _ in jobs(sessions, good.campaign_id)} == {JobStatus.SENT}
     assert {status for *_, status, _ in jobs(sessions, unsigned.campaign_id)} == {JobStatus.PENDING}
     assert _campaign(sessions, unsigned.campaign_id)[0] == CampaignStatus.PAUSED

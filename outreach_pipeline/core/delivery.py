@@ -381,7 +381,9 @@ class _Run:
             self.stop.set()
             self.account_error = self.account_error or error
             return False
-        self.report.add(requeued=len(refused))
+        for sent, result in refused:  # counted as requeued, with the reason in the run's metadata
+            _note(self.report, JobStatus.PENDING,
+                  f"sender refused ({result.error_code}); campaign {sent.campaign_id} paused")
         with session_scope(self.factory) as session:
             for campaign_id, result in {sent.campaign_id: result for sent, result in refused}.items():
                 _pause_for_sender(session, campaign_id, result)
