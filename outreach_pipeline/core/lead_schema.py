@@ -96,22 +96,28 @@ _CONTROL_BYTES = _forbidden_bytes(lambda char: re.fullmatch(_NO_CONTROL_AT_ALL, 
 _CUSTOM_CONTROL_BYTES = _forbidden_bytes(lambda char: re.search(_CONTROL_IN_CUSTOM, char) is not None)
 
 
-def _clear_of(column: pd.Series, forbidden: np.ndarray) -> bool:
-    """True when no byte of the column's Arrow text is forbidden: then no cell can fail the rule, and the
-    regex (which costs far more per cell than this scan per byte) need not run. False when unsure."""
+def _arrow_text(column: pd.Series) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The column's Arrow text as (offsets, bytes) per chunk, each chunk's offsets sliced to its own cells
+    (a sliced array may share a longer buffer); None when the column is not held that way."""
     if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
-        return False
+        return None
+    chunks = []
     for chunk in column.array.__arrow_array__().chunks:
         if chunk.type != _LARGE_TEXT:
-            return False
+            return None
         _, offsets, data = chunk.buffers()
         if data is None or not len(chunk):
             continue
-        # The bytes of this chunk's cells: a sliced array may share a longer buffer.
-        ends = np.frombuffer(offsets, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        if forbidden[np.frombuffer(data, dtype=np.uint8)[ends[0]:ends[-1]]].any():
-            return False
-    return True
+        chunks.append((np.frombuffer(offsets, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1],
+                       np.frombuffer(data, dtype=np.uint8)))
+    return chunks
+
+
+def _clear_of(column: pd.Series, forbidden: np.ndarray) -> bool:
+    """True when no byte of the column's Arrow text is forbidden: then no cell can fail the rule, and the
+    regex (which costs far more per cell than this scan per byte) need not run. False when unsure."""
+    chunks = _arrow_text(column)
+    return chunks is not None and not any(forbidden[data[ends[0]:ends[-1]]].any() for ends, data in chunks)
 
 
 def _no_control_characters(column: pd.Series) -> pd.Series | bool:
@@ -144,15 +150,8 @@ def _custom_fields_have_no_control_characters(frame: pd.DataFrame) -> pd.Series:
 def _cells_within(column: pd.Series, limit: int) -> bool:
     """True when no cell of the column's Arrow text has more than `limit` bytes, read off the offsets: a cell
     has at least as many bytes as characters, so then none is too long. False when unsure."""
-    if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
-        return False
-    for chunk in column.array.__arrow_array__().chunks:
-        if chunk.type != _LARGE_TEXT:
-            return False
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        if len(offsets) > 1 and np.diff(offsets).max() > limit:
-            return False
-    return True
+    chunks = _arrow_text(column)
+    return chunks is not None and not any(np.diff(ends).max() > limit for ends, _ in chunks)
 
 
 def _custom_fields_fit(frame: pd.DataFrame) -> pd.Series:
