@@ -173,7 +173,7 @@ def _store_rows() -> Any:
 _STORE_ROWS = _store_rows()
 # PostgreSQL: the rows in one JSON parameter, so the statement's text is the same for any batch (psycopg
 # parses a many-row VALUES list afresh each time) and the C json encoder does the per-row work.
-_STORE_JSON = text("""
+_STORE_JSON = text(f"""
     INSERT INTO webhook_events (provider, record_type, provider_id, payload, job_id, lead_id, outcome,
                                 received_at, processed_at)
     SELECT 'postmark', v.record_type, v.provider_id, v.payload, v.job_id, v.lead_id, v.outcome, :now, :now
@@ -183,7 +183,7 @@ _STORE_JSON = text("""
         SET job_id = EXCLUDED.job_id, lead_id = EXCLUDED.lead_id, outcome = EXCLUDED.outcome,
             processed_at = EXCLUDED.processed_at
         WHERE webhook_events.lead_id IS NULL AND EXCLUDED.lead_id IS NOT NULL
-            AND webhook_events.record_type IN ('Bounce', 'SpamComplaint', 'SubscriptionChange')
+            AND webhook_events.record_type IN ({", ".join(f"'{name}'" for name in sorted(MAY_STOP_THE_LEAD))})
     RETURNING id, record_type, provider_id
 """)
 
