@@ -261,7 +261,8 @@ def _drop_end_of_file(records: list[list[str]], ends: list[int], previous_end: i
 
 
 def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int], width: int) -> None:
-    """Add records to the chunk as rows of the header's width; only records of another width cost Python work."""
+    """Add records to the chunk as rows of the header's width; only records of another width cost Python work.
+    Blank lines become rows of empty cells, which the frame drops with every other such row (core/leads.py)."""
     sizes = np.fromiter(map(len, records), dtype=np.intp, count=len(records))
     odd = np.flatnonzero(sizes != width).tolist()
     if not odd:
@@ -271,9 +272,7 @@ def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int
     keep = [True] * len(records)
     for i in odd:
         record = records[i]
-        if _is_blank(record):
-            keep[i] = False  # blank lines and rows of empty cells are layout, not leads
-        elif len(record) < width:
+        if len(record) < width:
             records[i] = record + [""] * (width - len(record))
         elif _is_blank(record[width:]):
             records[i] = record[:width]  # trailing empty columns that spreadsheets add
@@ -286,7 +285,7 @@ def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int
 
 def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, previous_end: int,
           lines_before: int) -> tuple[int, bool]:
-    """Read records into the chunk until it holds `chunk_rows` (blank ones do not count) or the file ends.
+    """Read records into the chunk until it holds `chunk_rows` or the file ends.
 
     Returns the line where the last record read ended, and whether the file has ended. The records are
     read in batches whose lists die with this call: only the chunk keeps the records alive. The reader
