@@ -373,14 +373,14 @@ class _Run:
     def refused(self, refused: list[tuple[Prepared, SendResult]]) -> bool:
         """Jobs the provider refused for our side go back to PENDING. A refused account stops the run; a
         refused sender pauses its campaign, saying why, and the run goes on with the others. False to stop."""
-        self.release_later([sent.job_id for sent, _ in refused], "refused by the provider for our sender")
+        job_ids = [sent.job_id for sent, _ in refused]
         account = [result for _, result in refused if result.outcome == SendOutcome.ACCOUNT_REFUSED]
         if account:
             refusal = account[0]
             error = MailerAccountError(f"the provider refused the account: [{refusal.error_code}] {refusal.error}")
-            self.stop.set()
-            self.account_error = self.account_error or error
+            self.account_refused(job_ids, error)
             return False
+        self.release_later(job_ids, "the provider refused the campaign's sender")
         for sent, result in refused:  # counted as requeued, with the reason in the run's metadata
             _note(self.report, JobStatus.PENDING,
                   f"sender refused ({result.error_code}); campaign {sent.campaign_id} paused")
@@ -388,6 +388,12 @@ class _Run:
             for campaign_id, result in {sent.campaign_id: result for sent, result in refused}.items():
                 _pause_for_sender(session, campaign_id, result)
         return True
+
+    def account_refused(self, job_ids: list[int], error: MailerAccountError) -> None:
+        """The provider refuses the account: the run stops, these jobs back to PENDING, the error raised."""
+        self.stop.set()
+        self.release_later(job_ids, f"provider refused the account: {error}")
+        self.account_error = self.account_error or error
 
     def _still_ours(self, session: Session, claim: Claim) -> list[int]:
         """The claimed jobs this batch may send. A claim younger than half the lease is ours whatever happens
@@ -425,9 +431,7 @@ class _Run:
             log.warning("provider unavailable, %d jobs back to PENDING: %s", len(ids), error)
             return False
         except MailerAccountError as error:
-            self.stop.set()
-            self.release_later(ids, f"provider refused the account: {error}")
-            self.account_error = self.account_error or error
+            self.account_refused(ids, error)
             return False
         _pause_for_crash_test()
         with session_scope(self.factory) as session:
