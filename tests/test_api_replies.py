@@ -109,6 +109,53 @@ def test_a_colleague_at_the_leads_company_is_recorded_against_the_lead(
     assert _stopped(client, "ada@one.example")
 
 
+def test_a_colleague_writing_afresh_is_matched_by_the_company_domain(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    """No mailbox hash, no thread, an address we never mailed: the domain ties it to the lead at that company."""
+    _sent_campaign(client, auth_headers)
+    ada = _lead(client, "ada@one.example")
+
+    reply = _reply("Charles <Charles@One.example>", subject="About your note to Ada")
+    result = _post(client, "/inbound", reply)
+
+    assert result["outcome"] == (f"lead {ada.id} replied (from a colleague at the lead company, charles@one.example); "
+                                 "1 pending job(s) skipped")
+    assert _event(client, reply["MessageID"]).lead_id == ada.id
+    assert _stopped(client, "ada@one.example")
+    assert not _stopped(client, "bo@two.example")
+
+
+def test_a_company_domain_picks_the_lead_last_contacted_and_never_a_free_mail_domain(
+    client: TestClient[Any], auth_headers: dict[str, str]
+) -> None:
+    _launch(client, auth_headers, [{"email": "ada@one.example"}, {"email": "cy@one.example"},
+                                   {"email": "dee@gmail.com"}])
+    assert _send_due(client) == 3
+    ada, cy = _lead(client, "ada@one.example"), _lead(client, "cy@one.example")
+
+    # Two leads at one.example, both contacted: the newest is taken; a domain lookalike matches neither.
+    assert _post(client, "/inbound", _reply("boss@one.example"))["outcome"].startswith(f"lead {cy.id} replied")
+    assert _post(client, "/inbound", _reply("eve@xone.example"))["outcome"] == UNMATCHED
+    # Cy replied: still open, Ada is the lead at the company a second colleague answers for.
+    assert _post(client, "/inbound", _reply("hr@one.example"))["outcome"].startswith(f"lead {ada.id} replied")
+    # Someone else at gmail.com is nobody's colleague.
+    assert _post(client, "/inbound", _reply("stranger@gmail.com"))["outcome"] == UNMATCHED
+    assert not _stopped(client, "dee@gmail.com")
+
+
+def test_a_company_domain_known_to_two_owners_is_not_guessed(
+    client: TestClient[Any], settings: Settings, auth_headers: dict[str, str]
+) -> None:
+    _launch(client, auth_headers, [{"email": "ada@one.example"}], name="Mine")
+    assert settings.outbox_dir is not None
+    rival = sign_in(client, "rival@else.example", lambda: latest_outbox_token(settings.outbox_dir))  # type: ignore[arg-type]
+    _launch(client, rival, [{"email": "zed@one.example"}], name="Theirs")
+    assert _send_due(client) == 2
+
+    assert _post(client, "/inbound", _reply("boss@one.example"))["outcome"] == UNMATCHED
+
+
 AUTO_REPLIES = [
     ("Re: Note 1", {"Auto-Submitted": "auto-replied"}),
     ("Re: Note 1", {"auto-submitted": "auto-generated"}),

@@ -2,9 +2,10 @@
 
 A reply is matched, most certain first: by the `reply+TOKEN@` MailboxHash our Reply-To carries; by its
 In-Reply-To/References against the Message-IDs we sent; by the sender's address among leads of running
-campaigns (only when they all belong to one owner, so one tenant's reply never lands in another's
-campaign). A person's reply stops the lead's sequence; an auto-reply is recorded against the lead and
-changes nothing; a reply that matches no lead stays in `webhook_events` for review.
+campaigns; by the sender's company domain, for a colleague writing afresh (both only when the leads found
+belong to one owner, so one tenant's reply never lands in another's campaign). A person's reply stops the
+lead's sequence; an auto-reply is recorded against the lead and changes nothing; a reply that matches no
+lead stays in `webhook_events` for review.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from email.utils import getaddresses
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.events import Action
@@ -60,6 +61,14 @@ AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
 OPEN_STATUSES = (LeadStatus.PENDING, LeadStatus.CONTACTED)
 RUNNING = (CampaignStatus.ACTIVE, CampaignStatus.PAUSED)
 MESSAGE_ID = re.compile(r"<[^<>\s]{1,298}>")
+# Mailbox providers whose domain many unrelated people share: a reply from one is never matched by domain.
+FREE_MAIL_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "live.com",
+    "live.co.uk", "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com", "aol.com",
+    "icloud.com", "me.com", "mac.com", "proton.me", "protonmail.com", "pm.me", "gmx.com", "gmx.de", "gmx.net",
+    "web.de", "t-online.de", "mail.com", "zoho.com", "yandex.com", "yandex.ru", "mail.ru", "qq.com", "163.com",
+    "126.com", "naver.com", "orange.fr", "free.fr", "libero.it", "fastmail.com", "hey.com", "tutanota.com",
+})
 
 
 def headers_of(payload: dict[str, Any]) -> dict[str, str]:
@@ -110,28 +119,38 @@ def _by_thread(session: Session, headers: dict[str, str]) -> Lead | None:
     return job.lead if job is not None else None
 
 
-def _by_sender(session: Session, sender: str) -> Lead | None:
-    """The sender's lead in a running campaign (a contacted one first, then the newest), when one owner has it."""
-    if "@" not in sender:
+def _single_owner_lead(session: Session, *conditions: ColumnElement[bool]) -> Lead | None:
+    """The lead meeting `conditions` in a running campaign (a contacted one first, then the newest), when
+    they all belong to one owner: with several tenants, a person decides."""
+    scope = (*conditions, Lead.status.in_(OPEN_STATUSES), Campaign.status.in_(RUNNING))
+    owners = session.scalars(select(Campaign.owner_id).join(Lead, Lead.campaign_id == Campaign.id)
+                             .where(*scope).distinct().limit(2)).all()
+    if len(owners) != 1:
         return None
-    candidates = session.execute(
-        select(Lead, Campaign.owner_id).join(Campaign, Campaign.id == Lead.campaign_id)
-        .where(Lead.email_key == sender, Lead.status.in_(OPEN_STATUSES), Campaign.status.in_(RUNNING))
-        .order_by(Lead.id.desc())
-    ).all()
-    if len({owner for _lead, owner in candidates}) != 1:
-        return None  # nobody, or several tenants: a person decides
-    return max((lead for lead, _owner in candidates), key=_last_sent)
+    return session.scalar(select(Lead).join(Campaign, Campaign.id == Lead.campaign_id).where(*scope)
+                          .order_by((Lead.status == LeadStatus.CONTACTED).desc(), Lead.id.desc()).limit(1))
 
 
-def _last_sent(lead: Lead) -> tuple[bool, int]:
-    return lead.status == LeadStatus.CONTACTED, lead.id
+def _by_sender(session: Session, sender: str) -> Lead | None:
+    return _single_owner_lead(session, Lead.email_key == sender) if "@" in sender else None
+
+
+def _by_company(session: Session, sender: str) -> Lead | None:
+    """A colleague writing from the lead's company domain (a fresh email, no thread): the lead at that domain
+    last contacted. Never for a free-mail domain, where a shared domain says nothing about the company. Reads
+    the running campaigns' open leads (no index on the domain: a lead row stays as cheap to import as it can
+    be), and runs only for inbound mail nothing more certain matched."""
+    domain = sender.rpartition("@")[2]
+    if not domain or domain in FREE_MAIL_DOMAINS:
+        return None
+    return _single_owner_lead(session, Lead.email_key.endswith(f"@{domain}", autoescape=True))
 
 
 def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str]) -> Lead | None:
     """The lead a reply answers, by the most certain evidence first."""
-    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers)
-            or _by_sender(session, sender_of(payload)))
+    sender = sender_of(payload)
+    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers) or _by_sender(session, sender)
+            or _by_company(session, sender))
 
 
 def _who(lead: Lead, sender: str) -> str:
