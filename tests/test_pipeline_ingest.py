@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -24,6 +25,7 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
+    check_dagster_type,
     instance_for_test,
     materialize,
 )
@@ -353,3 +355,17 @@ def test_lead_file_import_shows_the_lead_row_column_schema() -> None:
     ]
     assert [c.name for c in schema.columns] == list(LEAD_ROW_SCHEMA.columns)
     assert schema.columns[0].constraints.other == ["too long: email", "invalid email"]
+
+
+def test_lead_file_import_has_the_lead_row_schema_as_its_type() -> None:
+    """The Dagster UI shows an asset's output type: it is the pandera LeadRow schema, whose check holds."""
+    dagster_type = lead_file_import.op.output_defs[0].dagster_type
+    assert dagster_type.display_name == "LeadRow"
+    assert dagster_type.metadata["schema"].schema.columns[0].name == "email"
+
+    # What the asset returns: the rows went to the database, validated against the schema as read.
+    assert check_dagster_type(dagster_type, None).success
+    good = pd.DataFrame({"email": ["ada@one.example"], "first_name": ["Ada"], "last_name": [None],
+                         "company": [None], "title": [None], "timezone": [None]})
+    assert check_dagster_type(dagster_type, good).success
+    assert not check_dagster_type(dagster_type, good.assign(email=["not an address"])).success
