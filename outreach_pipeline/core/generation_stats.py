@@ -8,7 +8,16 @@ from pydantic import BaseModel
 from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.db.models import Campaign, CampaignCount, EmailJob, JobStatus, Lead, LeadStatus, Template
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignCount,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    Template,
+    job_status_is,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ def variant_stats(session: Session, campaign: Campaign) -> list[VariantStats]:
     rows = session.execute(
         select(EmailJob.lead_id, EmailJob.step_number, EmailJob.template_id, Lead.status)
         .join(Lead, Lead.id == EmailJob.lead_id)
-        .where(EmailJob.campaign_id == campaign.id, EmailJob.status == JobStatus.SENT,
+        .where(EmailJob.campaign_id == campaign.id, job_status_is(JobStatus.SENT),
                EmailJob.template_id.is_not(None))
     )
     replied_leads: set[int] = set()

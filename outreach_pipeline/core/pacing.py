@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.claim import window_of
 from outreach_pipeline.core.schedule_window import openings
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, job_status_is
 
 
 def _slots(campaign: Campaign, now: datetime) -> Iterator[datetime]:
@@ -26,7 +26,7 @@ def _slots(campaign: Campaign, now: datetime) -> Iterator[datetime]:
 def spread_overdue_jobs(session: Session, campaign: Campaign, now: datetime) -> int:
     """Re-time the campaign's overdue PENDING jobs into the coming windows, follow-ups first."""
     overdue = session.scalars(
-        select(EmailJob.id).where(EmailJob.campaign_id == campaign.id, EmailJob.status == JobStatus.PENDING,
+        select(EmailJob.id).where(EmailJob.campaign_id == campaign.id, job_status_is(JobStatus.PENDING),
                                   EmailJob.due_at < now)
         .order_by(EmailJob.step_number.desc(), EmailJob.due_at, EmailJob.id)
     ).all()

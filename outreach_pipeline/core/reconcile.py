@@ -21,7 +21,7 @@ from outreach_pipeline.core.compose import lead_values
 from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.placeholders import render
 from outreach_pipeline.core.templates import choose_variant
-from outreach_pipeline.db.models import EmailJob, JobStatus, Template
+from outreach_pipeline.db.models import EmailJob, JobStatus, Template, job_status_is
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.mail.message import Mailer, MailerAccountError, MailerUnavailableError
 
@@ -39,7 +39,7 @@ class ReconcileReport:
 
 def stale_sending_jobs(session: Session, claimed_before: datetime) -> list[int]:
     return list(session.scalars(
-        select(EmailJob.id).where(EmailJob.status == JobStatus.SENDING,
+        select(EmailJob.id).where(job_status_is(JobStatus.SENDING),
                                   (EmailJob.claimed_at < claimed_before) | EmailJob.claimed_at.is_(None))
         .order_by(EmailJob.id)
     ))

@@ -6,7 +6,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from outreach_pipeline.db.base import Base, JsonType, utcnow
@@ -45,6 +57,11 @@ class ImportStatus(StrEnum):
 def _enum(enum_cls: type[StrEnum]) -> Enum:
     # Stored as plain strings: portable across SQLite and PostgreSQL, easy to extend.
     return Enum(enum_cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+def _partial(name: str, columns: list[str], condition: str) -> Index:
+    """An index holding only the rows that meet `condition` (PostgreSQL and SQLite both have them)."""
+    return Index(name, *columns, postgresql_where=text(condition), sqlite_where=text(condition))
 
 
 class User(Base):
@@ -244,10 +261,20 @@ class EmailJob(Base):
     __tablename__ = "email_jobs"
     __table_args__ = (
         UniqueConstraint("lead_id", "step_number"),
-        Index("ix_email_jobs_status_due_at", "status", "due_at"),
-        # The claim (per campaign, follow-ups then first emails, oldest due first) and the daily-cap count.
-        Index("ix_email_jobs_claim", "campaign_id", "status", "step_number", "due_at"),
-        Index("ix_email_jobs_sent_today", "campaign_id", "status", "sent_at"),
+        # Partial indexes, each holding only the jobs its queries look for. A status change writes a new row
+        # version into every index whose condition it meets, so a claim (PENDING -> SENDING) touches three
+        # indexes and a send (SENDING -> SENT) five, instead of all seven.
+        # The claim (per campaign, follow-ups then first emails, oldest due first) and pacing:
+        _partial("ix_email_jobs_pending", ["campaign_id", "step_number", "due_at"], "status = 'PENDING'"),
+        # Due jobs across campaigns (closed windows to defer):
+        _partial("ix_email_jobs_pending_due", ["due_at"], "status = 'PENDING'"),
+        # In flight: the reconciler's abandoned claims and the daily cap's emails being sent.
+        _partial("ix_email_jobs_sending", ["campaign_id", "claimed_at"], "status = 'SENDING'"),
+        # The daily cap's emails sent today, and the sent emails per template:
+        _partial("ix_email_jobs_sent", ["campaign_id", "sent_at"], "status = 'SENT'"),
+        # Events name the email by the provider's id; a reply by the Message-ID it answers.
+        _partial("ix_email_jobs_provider_message_id", ["provider_message_id"], "provider_message_id IS NOT NULL"),
+        _partial("ix_email_jobs_message_id_header", ["message_id_header"], "message_id_header IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -261,9 +288,8 @@ class EmailJob(Base):
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
-    # Indexed: an inbound reply is matched to the email it answers by its In-Reply-To/References.
-    message_id_header: Mapped[str | None] = mapped_column(String(300), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    message_id_header: Mapped[str | None] = mapped_column(String(300))
     subject: Mapped[str | None] = mapped_column(String(300))
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
@@ -309,6 +335,19 @@ class SenderPacing(Base):
     next_send_at: Mapped[datetime | None]
 
 
+class SendCount(Base):
+    """Emails sent per campaign per quarter of an hour (UTC), kept by core/jobs.py's mark_sent as it marks
+    them SENT. A daily cap reads the day's few dozen rows of these instead of counting the day's sent jobs,
+    a count that grew with every email and ran before every claim. Quarter hours, because every timezone's
+    midnight falls on one."""
+
+    __tablename__ = "send_counts"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    quarter: Mapped[datetime] = mapped_column(primary_key=True)
+    sent: Mapped[int] = mapped_column(default=0)
+
+
 class WebhookEvent(Base):
     """Every webhook, stored once: a replay finds its row and changes nothing."""
 
@@ -351,3 +390,10 @@ class CampaignCount(Base):
     status: Mapped[str] = mapped_column(String(16))
     delivered: Mapped[bool]  # jobs with delivered_at set
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+def job_status_is(status: JobStatus) -> ColumnElement[bool]:
+    """`email_jobs.status = '<status>'` with the value written into the SQL, not bound. PostgreSQL uses a
+    partial index (above) only when it can prove from the query that the index's condition holds, and a
+    bound value proves nothing in the generic plan of a prepared statement."""
+    return EmailJob.status == literal_column(f"'{status.value}'")
