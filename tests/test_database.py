@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from alembic import command
 from sqlalchemy import Engine, delete, func, inspect, select
@@ -11,7 +13,18 @@ from sqlalchemy.orm import Session
 from outreach_pipeline.db.migrate import alembic_config
 from outreach_pipeline.core.lead_store import reply_tokens
 from outreach_pipeline.core.generation_stats import opener_tokens
-from outreach_pipeline.db.models import Base, Campaign, Lead, LeadImport, LeadOpener, User
+from outreach_pipeline.core.claim import remaining_today
+from outreach_pipeline.db.models import (
+    Base,
+    Campaign,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadImport,
+    LeadOpener,
+    SendCount,
+    User,
+)
 from outreach_pipeline.db.session import create_db_engine
 
 
@@ -148,5 +161,33 @@ def test_opener_token_counters_count_what_was_there_and_follow_every_change(data
             session.execute(delete(LeadOpener).where(LeadOpener.lead_id == leads[2].id))
             session.commit()
             assert counted_and_summed() == ((150, 15), (150, 15))
+    finally:
+        engine.dispose()
+
+
+def test_send_counts_start_from_the_jobs_sent_in_the_last_two_days(database_url: str) -> None:
+    """The daily caps read SendCounts (migration 0012): what was sent before it must count from the start."""
+    config = alembic_config(database_url)
+    command.downgrade(config, "0011_partial_job_indexes")
+    engine = create_db_engine(database_url)
+    now = datetime.now(UTC)
+    try:
+        with Session(engine) as session:
+            campaign = _campaign(session)
+            leads = [Lead(campaign_id=campaign.id, email=f"l{n}@example.com", email_key=f"l{n}@example.com",
+                          reply_token=f"{n}" * 32) for n in range(4)]
+            session.add_all(leads)
+            session.flush()
+            sent_at = [now - timedelta(minutes=1), now - timedelta(minutes=2), now - timedelta(days=3), None]
+            session.add_all([EmailJob(campaign_id=campaign.id, lead_id=lead.id, step_number=1, due_at=now,
+                                      status=JobStatus.SENT if at else JobStatus.PENDING, sent_at=at)
+                             for lead, at in zip(leads, sent_at, strict=True)])
+            session.commit()
+            command.upgrade(config, "head")
+
+            counted = session.execute(select(SendCount.campaign_id, func.sum(SendCount.sent))
+                                      .group_by(SendCount.campaign_id)).all()
+            assert counted == [(campaign.id, 2)]
+            assert remaining_today(session, session.get_one(Campaign, campaign.id), now) == campaign.daily_cap - 2
     finally:
         engine.dispose()

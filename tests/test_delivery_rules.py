@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
 from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
-from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.core.claim import remaining_today
+from outreach_pipeline.core.jobs import Accepted, mark_sent, schedule_first_jobs
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
@@ -24,6 +25,7 @@ from outreach_pipeline.db.models import (
     JobStatus,
     Lead,
     LeadStatus,
+    SendCount,
     SenderLimit,
     SenderPacing,
     Suppression,
@@ -115,6 +117,41 @@ def test_a_sender_address_cap_spans_its_campaigns(sessions: sessionmaker[Session
     assert send(sessions, fake_postmark).sent == 0
     statuses = [status for c in (first, second) for _, _, status, _ in jobs(sessions, c.campaign_id)]
     assert statuses.count(JobStatus.SENT) == 4 and statuses.count(JobStatus.PENDING) == 2
+
+
+def _accepted(sessions: sessionmaker[Session], campaign_id: int) -> list[Accepted]:
+    with session_scope(sessions) as session:
+        return [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number, f"pm-{job.id}", f"<{job.id}@x>")
+                for job in session.scalars(select(EmailJob).where(EmailJob.campaign_id == campaign_id)
+                                           .order_by(EmailJob.id))]
+
+
+def test_the_cap_counts_a_job_settled_twice_once(sessions: sessionmaker[Session]) -> None:
+    """The send path and the reconciler may both settle one job: the first wins and the day counts it once."""
+    seeded = seed_campaign(sessions, 3, daily_cap=10, timezone="UTC")
+    accepted = _accepted(sessions, seeded.campaign_id)
+    now = datetime.now(UTC)
+    with session_scope(sessions) as session:
+        mark_sent(session, accepted[:2], now)
+    with session_scope(sessions) as session:
+        mark_sent(session, accepted, now)  # the first two again, with the third
+        campaign = session.get_one(Campaign, seeded.campaign_id)
+        assert remaining_today(session, campaign, now) == 7
+        assert session.scalar(select(func.sum(SendCount.sent))) == 3
+
+
+def test_a_days_cap_starts_at_local_midnight_in_a_quarter_hour_timezone(sessions: sessionmaker[Session]) -> None:
+    """Kathmandu is UTC+5:45: its midnight is 18:15 UTC. A send at 23:55 there belongs to the day before."""
+    seeded = seed_campaign(sessions, 4, daily_cap=10, timezone="Asia/Kathmandu")
+    accepted = _accepted(sessions, seeded.campaign_id)
+    midnight = datetime(2026, 11, 24, 18, 15, tzinfo=UTC)
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, seeded.campaign_id)
+        mark_sent(session, accepted[:1], midnight - timedelta(minutes=5))
+        assert remaining_today(session, campaign, midnight - timedelta(minutes=1)) == 9
+        mark_sent(session, accepted[1:3], midnight + timedelta(minutes=1))
+        mark_sent(session, accepted[3:], midnight + timedelta(minutes=14, seconds=59))
+        assert remaining_today(session, campaign, midnight + timedelta(hours=3)) == 7
 
 
 def test_follow_ups_go_before_first_emails_when_the_cap_is_tight(

@@ -14,15 +14,27 @@ the claim's token: a sender renews its claim just before sending and sends only 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from typing import Any
 
-from sqlalchemy import and_, func, literal, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.schedule_window import SendingWindow, local_day_start, next_opening, zone_or_utc
 from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts, is_postgresql
-from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit, SenderPacing
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStatus,
+    EmailJob,
+    JobStatus,
+    Lead,
+    SendCount,
+    SenderLimit,
+    SenderPacing,
+    job_status_is,
+)
 
 _ALWAYS_OPEN = and_(Campaign.window_start_hour == 0, Campaign.window_end_hour >= 24,
                     Campaign.send_days == "0123456")
@@ -39,7 +51,7 @@ def defer_closed_windows(session: Session, due_before: datetime, now: datetime) 
     groups = session.execute(
         select(EmailJob.campaign_id, Lead.timezone).distinct()
         .join(Lead, Lead.id == EmailJob.lead_id).join(Campaign, Campaign.id == EmailJob.campaign_id)
-        .where(EmailJob.status == JobStatus.PENDING, EmailJob.due_at <= due_before,
+        .where(job_status_is(JobStatus.PENDING), EmailJob.due_at <= due_before,
                Campaign.status == CampaignStatus.ACTIVE, ~_ALWAYS_OPEN)
     ).all()
     moved = 0
@@ -51,21 +63,24 @@ def defer_closed_windows(session: Session, due_before: datetime, now: datetime) 
         same_zone = Lead.timezone.is_(None) if lead_timezone is None else Lead.timezone == lead_timezone
         leads = select(Lead.id).where(Lead.campaign_id == campaign_id, same_zone)
         moved += session.execute(
-            update(EmailJob).where(EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.PENDING,
+            update(EmailJob).where(EmailJob.campaign_id == campaign_id, job_status_is(JobStatus.PENDING),
                                    EmailJob.due_at <= due_before, EmailJob.lead_id.in_(leads))
             .values(due_at=opening).execution_options(synchronize_session=False)
         ).rowcount or 0
     return moved
 
 
-def _used_today(session: Session, since: datetime, *conditions: object) -> int:
-    """Jobs sent since `since` or in flight: what today's budget has already spent."""
-    # Two counts rather than one OR: each is a range on ix_email_jobs_sent_today, not a scan of the campaign;
-    # both in one statement, one round trip.
-    sent = select(func.count()).select_from(EmailJob).where(
-        EmailJob.status == JobStatus.SENT, EmailJob.sent_at >= since, *conditions)  # type: ignore[arg-type]
+CampaignScope = Callable[[Any], ColumnElement[bool]]  # a campaign_id column -> the campaigns that count
+
+
+def _used_today(session: Session, since: datetime, campaigns: CampaignScope) -> int:
+    """Emails sent since `since` or in flight: what today's budget has already spent. Sent ones are summed
+    from the quarter-hour SendCounts (a day's few dozen rows however much it sent); the in-flight ones are
+    counted on their partial index, which holds only jobs SENDING. Both in one round trip."""
+    sent = select(func.coalesce(func.sum(SendCount.sent), 0)).where(
+        SendCount.quarter >= since, campaigns(SendCount.campaign_id))
     sending = select(func.count()).select_from(EmailJob).where(
-        EmailJob.status == JobStatus.SENDING, *conditions)  # type: ignore[arg-type]
+        job_status_is(JobStatus.SENDING), campaigns(EmailJob.campaign_id))
     return session.connection().scalar(select(sent.scalar_subquery() + sending.scalar_subquery())) or 0
 
 
@@ -75,31 +90,25 @@ def sender_address(campaign: Campaign, default_from: str) -> str:
     return (campaign.sender_email or parseaddr(default_from)[1]).lower()
 
 
-def _campaigns_sending_from(sender: str, default_from: str) -> object:
+def _campaigns_sending_from(sender: str, default_from: str) -> CampaignScope:
     """Campaigns whose mail goes out from `sender`, those using the default From included."""
     default = parseaddr(default_from)[1]
     used = func.coalesce(func.nullif(Campaign.sender_email, ""), literal(default))
-    return EmailJob.campaign_id.in_(select(Campaign.id).where(func.lower(used) == sender))
+    return lambda campaign_id: campaign_id.in_(select(Campaign.id).where(func.lower(used) == sender))
 
 
 def remaining_today(session: Session, campaign: Campaign, now: datetime, default_from: str = "") -> int:
     """The campaign's daily cap, and its sender address's cap, minus what each has used today (local day)."""
     since = local_day_start(zone_or_utc(campaign.timezone), now)
-    left = campaign.daily_cap - _used_today(session, since, EmailJob.campaign_id == campaign.id)
+    left = campaign.daily_cap - _used_today(session, since, lambda campaign_id: campaign_id == campaign.id)
     sender = sender_address(campaign, default_from)
+    # Locked on PostgreSQL until the claim commits (SQLite takes no row locks): claims of campaigns sharing
+    # the address take turns with its budget. Taken after the campaign's own lock, as every claim does.
     cap = session.connection().scalar(
-        select(SenderLimit.daily_cap).where(SenderLimit.email == sender)) if sender else None
+        select(SenderLimit.daily_cap).where(SenderLimit.email == sender).with_for_update()) if sender else None
     if cap is not None:
         left = min(left, cap - _used_today(session, since, _campaigns_sending_from(sender, default_from)))
     return max(left, 0)
-
-
-def _lock(session: Session, campaign: Campaign, sender: str) -> None:
-    # Serialises budget arithmetic per campaign and per sender address across concurrent senders.
-    if is_postgresql(session):
-        connection = session.connection()
-        connection.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
-        connection.execute(select(SenderLimit.id).where(SenderLimit.email == sender).with_for_update())
 
 
 def _sender_pacing(session: Session, campaign: Campaign, sender: str) -> SenderPacing:
@@ -116,7 +125,7 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
                 limit: int) -> list[int]:
     step = EmailJob.step_number > 1 if follow_ups else EmailJob.step_number == 1
     due = (select(EmailJob.id)
-           .where(EmailJob.campaign_id == campaign_id, EmailJob.status == JobStatus.PENDING, step,
+           .where(EmailJob.campaign_id == campaign_id, job_status_is(JobStatus.PENDING), step,
                   EmailJob.due_at <= due_before)
            .order_by(EmailJob.due_at, EmailJob.id).limit(limit))
     if is_postgresql(session):
@@ -127,7 +136,7 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
     # On the connection: the ORM would match every returned id against the session, which holds no job.
     return list(session.connection().scalars(
         update(EmailJob)
-        .where(EmailJob.id == chosen.c.id, EmailJob.status == JobStatus.PENDING)
+        .where(EmailJob.id == chosen.c.id, job_status_is(JobStatus.PENDING))
         .values(status=JobStatus.SENDING, attempts=EmailJob.attempts + 1, claimed_at=claimed_at)
         .returning(EmailJob.id)
     ).all())
@@ -135,9 +144,9 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
 
 def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int,
                        claimed_at: datetime, default_from: str = "") -> list[int]:
-    """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`."""
+    """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`.
+    The caller holds the campaign's row lock (claim_due_jobs)."""
     sender = sender_address(campaign, default_from)
-    _lock(session, campaign, sender)
     budget = min(limit, remaining_today(session, campaign, now, default_from))
     pacing = _sender_pacing(session, campaign, sender) if campaign.send_gap_seconds > 0 else None
     if pacing is not None:
@@ -157,7 +166,7 @@ def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetim
 def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]:
     return list(session.connection().scalars(
         select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE, select(EmailJob.id).where(
-            EmailJob.campaign_id == Campaign.id, EmailJob.status == JobStatus.PENDING,
+            EmailJob.campaign_id == Campaign.id, job_status_is(JobStatus.PENDING),
             EmailJob.due_at <= due_before).exists()).order_by(Campaign.id)
     ).all())
 
@@ -170,7 +179,8 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
     for campaign_id in campaigns_with_due_jobs(session, due_before):
         if len(claimed) >= limit:
             break
-        campaign = session.get_one(Campaign, campaign_id)
+        # Loaded and locked in one statement: claims of one campaign take turns with its budget.
+        campaign = session.get_one(Campaign, campaign_id, with_for_update=True)
         claimed += claim_for_campaign(session, campaign, due_before, now, limit - len(claimed), claimed_at,
                                       default_from)
     return claimed
@@ -184,7 +194,7 @@ def renew_claim(session: Session, job_ids: list[int], claimed_at: datetime, rene
     to send; the reconciler locks a job before settling it, so the two never both win."""
     return sorted(session.connection().scalars(
         update(EmailJob)
-        .where(among(session, EmailJob.id, job_ids), EmailJob.status == JobStatus.SENDING,
+        .where(among(session, EmailJob.id, job_ids), job_status_is(JobStatus.SENDING),
                EmailJob.claimed_at == claimed_at)
         .values(claimed_at=renewed_at).returning(EmailJob.id)
     ).all())

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, insert, literal, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts, is_postgresql
-from outreach_pipeline.db.models import Campaign, CampaignStep, EmailJob, JobStatus, Lead, LeadStatus, Suppression
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStep,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    SendCount,
+    Suppression,
+)
 
 
 _FIRST_JOB_COLUMNS = ["campaign_id", "lead_id", "step_number", "due_at", "status", "attempts", "created_at"]
@@ -92,15 +103,29 @@ class Accepted:
     template_id: int | None = None
 
 
+# Only jobs not SENT yet change (the first of two paths settling one job wins) and are counted, in their
+# campaign's quarter hour; counters are taken in campaign order, so two batches never wait on each other
+# crosswise.
 _SENT_FROM_JSON = text("""
     WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS json))
                AS v(id integer, lead_id integer, pmid varchar, header varchar, subject varchar, template_id integer)),
-    contacted AS (UPDATE leads AS l SET status = 'CONTACTED' FROM v WHERE l.id = v.lead_id AND l.status = 'PENDING')
-    UPDATE email_jobs AS j SET status = 'SENT', sent_at = :sent_at, last_error = NULL,
-        provider_message_id = v.pmid, message_id_header = v.header,
-        subject = coalesce(v.subject, j.subject), template_id = coalesce(v.template_id, j.template_id)
-    FROM v WHERE j.id = v.id
+    contacted AS (UPDATE leads AS l SET status = 'CONTACTED' FROM v WHERE l.id = v.lead_id AND l.status = 'PENDING'),
+    sent AS (
+        UPDATE email_jobs AS j SET status = 'SENT', sent_at = :sent_at, last_error = NULL,
+            provider_message_id = v.pmid, message_id_header = v.header,
+            subject = coalesce(v.subject, j.subject), template_id = coalesce(v.template_id, j.template_id)
+        FROM v WHERE j.id = v.id AND j.status <> 'SENT'
+        RETURNING j.campaign_id)
+    INSERT INTO send_counts (campaign_id, quarter, sent)
+    SELECT campaign_id, :quarter, count(*) FROM sent GROUP BY campaign_id ORDER BY campaign_id
+    ON CONFLICT (campaign_id, quarter) DO UPDATE SET sent = send_counts.sent + EXCLUDED.sent
 """)
+
+
+def send_quarter(moment: datetime) -> datetime:
+    """The quarter hour (UTC) whose SendCount a send at `moment` adds to."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
 
 
 def _record_sent(session: Session, accepted: Sequence[Accepted], sent_at: datetime) -> None:
@@ -111,17 +136,27 @@ def _record_sent(session: Session, accepted: Sequence[Accepted], sent_at: dateti
         rows = json.dumps([{"id": a.job_id, "lead_id": a.lead_id, "pmid": a.provider_message_id,
                             "header": a.message_id_header, "subject": a.subject, "template_id": a.template_id}
                            for a in accepted])
-        session.execute(_SENT_FROM_JSON, {"sent_at": sent_at, "rows": rows})
+        session.execute(_SENT_FROM_JSON, {"sent_at": sent_at, "rows": rows, "quarter": send_quarter(sent_at)})
         return
-    session.execute(update(EmailJob), [
-        {"id": a.job_id, "status": JobStatus.SENT, "sent_at": sent_at, "last_error": None,
-         "provider_message_id": a.provider_message_id, "message_id_header": a.message_id_header,
-         **({"subject": a.subject} if a.subject is not None else {}),
-         **({"template_id": a.template_id} if a.template_id is not None else {})}
-        for a in accepted])
+    unsent = {job_id: campaign_id for job_id, campaign_id in session.connection().execute(
+        select(EmailJob.id, EmailJob.campaign_id).where(among(session, EmailJob.id, [a.job_id for a in accepted]),
+                                                        EmailJob.status != JobStatus.SENT))}
+    if unsent:
+        session.execute(update(EmailJob), [
+            {"id": a.job_id, "status": JobStatus.SENT, "sent_at": sent_at, "last_error": None,
+             "provider_message_id": a.provider_message_id, "message_id_header": a.message_id_header,
+             **({"subject": a.subject} if a.subject is not None else {}),
+             **({"template_id": a.template_id} if a.template_id is not None else {})}
+            for a in accepted if a.job_id in unsent])
     session.execute(update(Lead).where(among(session, Lead.id, [a.lead_id for a in accepted]),
                                        Lead.status == LeadStatus.PENDING)
                     .values(status=LeadStatus.CONTACTED).execution_options(synchronize_session=False))
+    if newly_sent := Counter(unsent.values()):
+        counted = sqlite.insert(SendCount)
+        session.execute(counted.on_conflict_do_update(
+            index_elements=["campaign_id", "quarter"], set_={"sent": SendCount.sent + counted.excluded.sent}),
+            [{"campaign_id": campaign_id, "quarter": send_quarter(sent_at), "sent": n}
+             for campaign_id, n in sorted(newly_sent.items())])
 
 
 def mark_sent(session: Session, accepted: Sequence[Accepted], sent_at: datetime) -> None:
