@@ -177,13 +177,39 @@ def _mailer(fake: FakePostmark) -> PostmarkMailer:
     return PostmarkMailer(fake.server_token, fake.url, "outbound")
 
 
+@pytest.mark.postgres
+def test_a_claim_of_several_batches_is_sent_batch_by_batch_each_job_once(
+    postgres_url: str, fake_postmark: FakePostmark
+) -> None:
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        seeded = seed_campaign(sessions, 7)
+        policy = SendPolicy(batch_size=2, concurrency=2, claim_batches=3)
+
+        report = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy)
+
+        # Six jobs in the first claim, one in the second: four batches of at most two.
+        assert (report.claimed, report.batches, report.sent) == (7, 4, 7)
+        assert sorted(fake_postmark.batches) == [1, 2, 2, 2]
+        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+        assert len(per_job) == 7 and set(per_job.values()) == {1}
+        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 7}
+        with session_scope(sessions) as session:  # two claims, told apart by their moment
+            claims = Counter(session.scalars(select(EmailJob.claimed_at).where(
+                EmailJob.campaign_id == seeded.campaign_id)))
+        assert sorted(claims.values()) == [1, 6]
+    finally:
+        engine.dispose()
+
+
 def _held_with_a_full_queue(sessions: sessionmaker[Session], seeded: Seeded, fake: FakePostmark, now: datetime,
                             leads: int, lease: timedelta = timedelta(minutes=15),
                             ) -> tuple[_Gated, threading.Thread, list[DispatchReport]]:
     """Run A, started at `now`, one job per batch: both its senders hold a batch at Postmark's door and
     behind them three claimed batches wait (two in the queue, one in the claimer's hand)."""
     gated, reports = _Gated(fake), []
-    policy = SendPolicy(batch_size=1, concurrency=2, lease=lease)
+    policy = SendPolicy(batch_size=1, concurrency=2, claim_batches=1, lease=lease)
     run = threading.Thread(target=lambda: reports.append(dispatch_due(
         sessions, gated, CONFIG, datetime.now(UTC), policy=policy, now=now)))
     run.start()

@@ -62,6 +62,9 @@ class SendPolicy:
 
     batch_size: int = 500
     concurrency: int = 1
+    # Batches one claim takes when several senders share the run: a claim's fixed cost (the campaigns with
+    # due jobs, the campaign's lock and budget, the follow-ups query, the commit) is shared by more emails.
+    claim_batches: int = 4
     max_retries: int = 4  # per batch, on 429 / 5xx / refused connections
     backoff_base_s: float = 1.0  # 1, 2, 4, 8 s... each scaled by a random factor in [0.5, 1)
     backoff_max_s: float = 30.0
@@ -325,6 +328,10 @@ class Claim(NamedTuple):
     job_ids: list[int]
     claimed_at: datetime
 
+    def batches(self, size: int) -> list[Claim]:
+        """The claim cut into batches of `size`, each still under this claim's moment."""
+        return [Claim(self.job_ids[start:start + size], self.claimed_at) for start in range(0, len(self.job_ids), size)]
+
 
 class _Run:
     """One dispatch: workers share the report and a stop flag; the first account error stops them all."""
@@ -357,13 +364,14 @@ class _Run:
             self.stop.set()
             raise
 
-    def claim(self) -> Claim:
+    def claim(self, batches: int = 1) -> Claim:
+        """Up to `batches` batches' worth of jobs, claimed together."""
         # Stamped with the wall clock, not `now`: the lease runs from the moment of the claim.
         claimed_at = utcnow()
         with session_scope(self.factory) as session:
-            job_ids = claim_due_jobs(session, self.due_before, self.policy.batch_size, self.now, claimed_at,
-                                     self.config.default_from)
-        self.report.add(claimed=len(job_ids), batches=1 if job_ids else 0)
+            job_ids = claim_due_jobs(session, self.due_before, self.policy.batch_size * batches, self.now,
+                                     claimed_at, self.config.default_from)
+        self.report.add(claimed=len(job_ids), batches=-(-len(job_ids) // self.policy.batch_size))
         return Claim(job_ids, claimed_at)
 
     def _one_batch(self) -> bool:
@@ -471,8 +479,10 @@ def _run_workers(run: _Run) -> None:
     for thread in threads:
         thread.start()
     try:
-        while not run.stop.is_set() and (claim := run.claim()).job_ids:
-            claimed.put(claim)
+        # Several batches a claim (SendPolicy.claim_batches): the claimer was the run's bottleneck.
+        while not run.stop.is_set() and (claim := run.claim(run.policy.claim_batches)).job_ids:
+            for batch in claim.batches(run.policy.batch_size):
+                claimed.put(batch)
     except BaseException as error:
         run.stop.set()
         errors.append(error)
