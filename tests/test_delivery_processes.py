@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +37,14 @@ from tests.fakes.postmark import FakePostmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = SenderConfig("team@sender.example", "inbound.sender.example", "https://outreach.example")
+
+
+@pytest.fixture
+def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's PostgreSQL database, whose URL the sender processes are given too."""
+    engine = create_db_engine(postgres_url)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @dataclass(frozen=True)
@@ -91,72 +99,62 @@ def _wait_for(condition: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.postgres
 def test_a_sender_killed_after_the_provider_accepted_is_reconciled_and_nothing_is_sent_twice(
-    postgres_url: str, fake_postmark: FakePostmark
+    postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    engine = create_db_engine(postgres_url)
-    sessions = make_session_factory(engine)
+    seeded = seed_campaign(sessions, 30)
+    # The sender sleeps between the provider's answer and its commit; we SIGKILL it there.
+    sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=1, env={PAUSE_AFTER_SEND_ENV: "60"})
     try:
-        seeded = seed_campaign(sessions, 30)
-        # The sender sleeps between the provider's answer and its commit; we SIGKILL it there.
-        sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=1, env={PAUSE_AFTER_SEND_ENV: "60"})
-        try:
-            _wait_for(lambda: len(fake_postmark.messages) >= 10, 60, "the first batch at the provider")
-            time.sleep(0.2)  # nothing more arrives: the sender is asleep before recording
-        finally:
-            os.kill(sender.pid, signal.SIGKILL)
-            sender.wait(10)
-        assert sender.returncode == -signal.SIGKILL
-        accepted = {m["Metadata"]["job_id"]: m["MessageID"] for m in fake_postmark.messages}
-        assert len(accepted) == 10
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.PENDING: 20}
-
-        # While the lease runs, a new run leaves the 10 alone (their sender might still be alive)...
-        live = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
-                            CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10))
-        assert (live.sent, live.reconciled_sent) == (20, 0)
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.SENT: 20}
-        # ...and once it has passed, the reconciler asks the provider and records them, sending nothing.
-        before = len(fake_postmark.messages)
-        later = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
-                             CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10, lease=timedelta(0)))
-        assert (later.reconciled_sent, later.reconciled_requeued, later.sent, later.claimed) == (10, 0, 0, 0)
-        assert len(fake_postmark.messages) == before == 30
-        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
-        assert set(per_job.values()) == {1}
-        with session_scope(sessions) as session:
-            jobs = session.execute(select(EmailJob.id, EmailJob.status, EmailJob.provider_message_id)
-                                   .where(EmailJob.campaign_id == seeded.campaign_id)).all()
-        assert {status for _, status, _ in jobs} == {JobStatus.SENT}
-        for job_id, _, message_id in jobs:
-            if str(job_id) in accepted:
-                assert message_id == accepted[str(job_id)]
+        _wait_for(lambda: len(fake_postmark.messages) >= 10, 60, "the first batch at the provider")
+        time.sleep(0.2)  # nothing more arrives: the sender is asleep before recording
     finally:
-        engine.dispose()
+        os.kill(sender.pid, signal.SIGKILL)
+        sender.wait(10)
+    assert sender.returncode == -signal.SIGKILL
+    accepted = {m["Metadata"]["job_id"]: m["MessageID"] for m in fake_postmark.messages}
+    assert len(accepted) == 10
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.PENDING: 20}
+
+    # While the lease runs, a new run leaves the 10 alone (their sender might still be alive)...
+    live = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
+                        CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10))
+    assert (live.sent, live.reconciled_sent) == (20, 0)
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENDING: 10, JobStatus.SENT: 20}
+    # ...and once it has passed, the reconciler asks the provider and records them, sending nothing.
+    before = len(fake_postmark.messages)
+    later = dispatch_due(sessions, PostmarkMailer(fake_postmark.server_token, fake_postmark.url, "outbound"),
+                         CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10, lease=timedelta(0)))
+    assert (later.reconciled_sent, later.reconciled_requeued, later.sent, later.claimed) == (10, 0, 0, 0)
+    assert len(fake_postmark.messages) == before == 30
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert set(per_job.values()) == {1}
+    with session_scope(sessions) as session:
+        jobs = session.execute(select(EmailJob.id, EmailJob.status, EmailJob.provider_message_id)
+                               .where(EmailJob.campaign_id == seeded.campaign_id)).all()
+    assert {status for _, status, _ in jobs} == {JobStatus.SENT}
+    for job_id, _, message_id in jobs:
+        if str(job_id) in accepted:
+            assert message_id == accepted[str(job_id)]
 
 
 @pytest.mark.postgres
 def test_several_sender_processes_on_one_database_send_each_job_exactly_once(
-    postgres_url: str, fake_postmark: FakePostmark
+    postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    engine = create_db_engine(postgres_url)
-    sessions = make_session_factory(engine)
-    try:
-        seeded = seed_campaign(sessions, 600, daily_cap=1000)
-        fake_postmark.latency_s = 0.01  # batches overlap in time across the processes
-        senders = [_sender(postgres_url, fake_postmark, batch=20, concurrency=2) for _ in range(4)]
-        reports = []
-        for sender in senders:
-            out, err = sender.communicate(timeout=90)
-            assert sender.returncode == 0, err
-            reports.append(json.loads(out.strip().splitlines()[-1]))
-        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
-        assert len(per_job) == 600
-        assert max(per_job.values()) == 1, [job for job, n in per_job.items() if n > 1]
-        assert sum(r["sent"] for r in reports) == 600
-        assert sum(1 for r in reports if r["sent"] > 0) >= 2  # the work really was shared
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 600}
-    finally:
-        engine.dispose()
+    seeded = seed_campaign(sessions, 600, daily_cap=1000)
+    fake_postmark.latency_s = 0.01  # batches overlap in time across the processes
+    senders = [_sender(postgres_url, fake_postmark, batch=20, concurrency=2) for _ in range(4)]
+    reports = []
+    for sender in senders:
+        out, err = sender.communicate(timeout=90)
+        assert sender.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 600
+    assert max(per_job.values()) == 1, [job for job, n in per_job.items() if n > 1]
+    assert sum(r["sent"] for r in reports) == 600
+    assert sum(1 for r in reports if r["sent"] > 0) >= 2  # the work really was shared
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 600}
 
 
 class _Gated(PostmarkMailer):
@@ -179,28 +177,23 @@ def _mailer(fake: FakePostmark) -> PostmarkMailer:
 
 @pytest.mark.postgres
 def test_a_claim_of_several_batches_is_sent_batch_by_batch_each_job_once(
-    postgres_url: str, fake_postmark: FakePostmark
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    engine = create_db_engine(postgres_url)
-    sessions = make_session_factory(engine)
-    try:
-        seeded = seed_campaign(sessions, 7)
-        policy = SendPolicy(batch_size=2, concurrency=2, claim_batches=3)
+    seeded = seed_campaign(sessions, 7)
+    policy = SendPolicy(batch_size=2, concurrency=2, claim_batches=3)
 
-        report = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy)
+    report = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy)
 
-        # Six jobs in the first claim, one in the second: four batches of at most two.
-        assert (report.claimed, report.batches, report.sent) == (7, 4, 7)
-        assert sorted(fake_postmark.batches) == [1, 2, 2, 2]
-        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
-        assert len(per_job) == 7 and set(per_job.values()) == {1}
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 7}
-        with session_scope(sessions) as session:  # two claims, told apart by their moment
-            claims = Counter(session.scalars(select(EmailJob.claimed_at).where(
-                EmailJob.campaign_id == seeded.campaign_id)))
-        assert sorted(claims.values()) == [1, 6]
-    finally:
-        engine.dispose()
+    # Six jobs in the first claim, one in the second: four batches of at most two.
+    assert (report.claimed, report.batches, report.sent) == (7, 4, 7)
+    assert sorted(fake_postmark.batches) == [1, 2, 2, 2]
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 7 and set(per_job.values()) == {1}
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 7}
+    with session_scope(sessions) as session:  # two claims, told apart by their moment
+        claims = Counter(session.scalars(select(EmailJob.claimed_at).where(
+            EmailJob.campaign_id == seeded.campaign_id)))
+    assert sorted(claims.values()) == [1, 6]
 
 
 def _held_with_a_full_queue(sessions: sessionmaker[Session], seeded: Seeded, fake: FakePostmark, now: datetime,
@@ -220,60 +213,50 @@ def _held_with_a_full_queue(sessions: sessionmaker[Session], seeded: Seeded, fak
 
 @pytest.mark.postgres
 def test_a_run_longer_than_the_lease_keeps_its_claims_from_another_runs_reconciler(
-    postgres_url: str, fake_postmark: FakePostmark
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    engine = create_db_engine(postgres_url)
-    sessions = make_session_factory(engine)
+    seeded = seed_campaign(sessions, 6)
+    # Run A started half an hour ago, longer than the 15-minute lease; its claims are a few moments old.
+    gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark,
+                                                datetime.now(UTC) - timedelta(minutes=30), 6)
     try:
-        seeded = seed_campaign(sessions, 6)
-        # Run A started half an hour ago, longer than the 15-minute lease; its claims are a few moments old.
-        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark,
-                                                    datetime.now(UTC) - timedelta(minutes=30), 6)
-        try:
-            second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
-                                  policy=SendPolicy(batch_size=10))
-        finally:
-            gated.gate.set()
-            run.join(30)
-
-        assert (second.reconciled_requeued, second.sent, first[0].sent) == (0, 1, 5)
-        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
-        assert len(per_job) == 6 and set(per_job.values()) == {1}, per_job
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 6}
+        second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
+                              policy=SendPolicy(batch_size=10))
     finally:
-        engine.dispose()
+        gated.gate.set()
+        run.join(30)
+
+    assert (second.reconciled_requeued, second.sent, first[0].sent) == (0, 1, 5)
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 6 and set(per_job.values()) == {1}, per_job
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 6}
 
 
 @pytest.mark.postgres
 def test_a_batch_the_reconciler_took_back_while_it_waited_to_be_sent_is_not_sent_by_its_claimer(
-    postgres_url: str, fake_postmark: FakePostmark
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    engine = create_db_engine(postgres_url)
-    sessions = make_session_factory(engine)
+    seeded = seed_campaign(sessions, 8)
+    # Run A's lease is 2 s: a batch that waited over 1 s renews its claim before sending.
+    gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark, datetime.now(UTC), 8,
+                                                lease=timedelta(seconds=2))
     try:
-        seeded = seed_campaign(sessions, 8)
-        # Run A's lease is 2 s: a batch that waited over 1 s renews its claim before sending.
-        gated, run, first = _held_with_a_full_queue(sessions, seeded, fake_postmark, datetime.now(UTC), 8,
-                                                    lease=timedelta(seconds=2))
-        try:
-            with session_scope(sessions) as session:  # to run B (a 15-minute lease) they look long dead
-                session.execute(update(EmailJob).where(EmailJob.status == JobStatus.SENDING,
-                                                       EmailJob.id.not_in(gated.held))
-                                .values(claimed_at=EmailJob.claimed_at - text("interval '20 minutes'")))
-            time.sleep(1.2)  # and to run A, its waiting batches are now old enough to be checked
-            second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
-                                  policy=SendPolicy(batch_size=10))
-        finally:
-            gated.gate.set()
-            run.join(30)
-
-        # Run B took the three back and sent them with the three never claimed; A sent only its two.
-        assert (second.reconciled_requeued, second.sent, first[0].sent) == (3, 6, 2)
-        per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
-        assert len(per_job) == 8 and set(per_job.values()) == {1}, per_job
-        assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 8}
+        with session_scope(sessions) as session:  # to run B (a 15-minute lease) they look long dead
+            session.execute(update(EmailJob).where(EmailJob.status == JobStatus.SENDING,
+                                                   EmailJob.id.not_in(gated.held))
+                            .values(claimed_at=EmailJob.claimed_at - text("interval '20 minutes'")))
+        time.sleep(1.2)  # and to run A, its waiting batches are now old enough to be checked
+        second = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
+                              policy=SendPolicy(batch_size=10))
     finally:
-        engine.dispose()
+        gated.gate.set()
+        run.join(30)
+
+    # Run B took the three back and sent them with the three never claimed; A sent only its two.
+    assert (second.reconciled_requeued, second.sent, first[0].sent) == (3, 6, 2)
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 8 and set(per_job.values()) == {1}, per_job
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 8}
 
 
 def _main(argv: list[str]) -> None:
