@@ -123,6 +123,14 @@ def test_reply_tokens_ascend_within_an_import_and_are_unguessable() -> None:
     assert first[0][16:] != second[0][16:]  # the random half differs from one batch to the next
 
 
+def _leads(session: Session, campaign: Campaign, count: int) -> list[Lead]:
+    leads = [Lead(campaign_id=campaign.id, email=f"l{n}@example.com", email_key=f"l{n}@example.com",
+                  reply_token=f"{n}" * 32) for n in range(count)]
+    session.add_all(leads)
+    session.flush()
+    return leads
+
+
 def test_opener_token_counters_count_what_was_there_and_follow_every_change(database_url: str) -> None:
     """Campaign stats read opener tokens from counters kept by triggers (migration 0010), not a sum over every
     opener: the counters must equal that sum after the migration's backfill, inserts, retries and deletes."""
@@ -132,10 +140,7 @@ def test_opener_token_counters_count_what_was_there_and_follow_every_change(data
     try:
         with Session(engine) as session:
             campaign = _campaign(session)
-            leads = [Lead(campaign_id=campaign.id, email=f"l{n}@example.com", email_key=f"l{n}@example.com",
-                          reply_token=f"{n}" * 32) for n in range(3)]
-            session.add_all(leads)
-            session.flush()
+            leads = _leads(session, campaign, 3)
 
             def opener(lead: Lead, prompt: int, completion: int) -> LeadOpener:
                 return LeadOpener(lead_id=lead.id, campaign_id=campaign.id, status="READY", source="openai",
@@ -174,10 +179,7 @@ def test_send_counts_start_from_the_jobs_sent_in_the_last_two_days(database_url:
     try:
         with Session(engine) as session:
             campaign = _campaign(session)
-            leads = [Lead(campaign_id=campaign.id, email=f"l{n}@example.com", email_key=f"l{n}@example.com",
-                          reply_token=f"{n}" * 32) for n in range(4)]
-            session.add_all(leads)
-            session.flush()
+            leads = _leads(session, campaign, 4)
             sent_at = [now - timedelta(minutes=1), now - timedelta(minutes=2), now - timedelta(days=3), None]
             session.add_all([EmailJob(campaign_id=campaign.id, lead_id=lead.id, step_number=1, due_at=now,
                                       status=JobStatus.SENT if at else JobStatus.PENDING, sent_at=at)
