@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
+from outreach_pipeline.core.claim import claim_due_jobs
 from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
+from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.templates import TemplateInput, save_template
-from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, User
+from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, SenderLimit, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.message import OutgoingEmail, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
@@ -269,3 +271,69 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+def _accepted_first_jobs(sessions: sessionmaker[Session], campaign_id: int) -> list[Accepted]:
+    with session_scope(sessions) as session:
+        return [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number, f"pm-{job.id}", f"<{job.id}@x>")
+                for job in session.scalars(select(EmailJob).where(EmailJob.campaign_id == campaign_id)
+                                           .order_by(EmailJob.id))]
+
+
+@pytest.mark.postgres
+def test_a_claim_in_progress_never_blocks_recording_the_sends_of_its_campaign(
+    sessions: sessionmaker[Session]
+) -> None:
+    """Recording a send inserts rows that point at the campaign (the follow-up, the send count): they must
+    not queue behind the claimer's lock on that campaign, or the claimer and a sender deadlock."""
+    seeded = seed_campaign(sessions, 5, steps=[StepSpec(), StepSpec(delay_days=2)])
+    accepted = _accepted_first_jobs(sessions, seeded.campaign_id)
+    with session_scope(sessions) as session:
+        mark_sent(session, accepted[:1], datetime.now(UTC))  # this quarter hour's count row exists
+    with session_scope(sessions) as claiming:
+        now = datetime.now(UTC)
+        # The claim holds the campaign's row until commit; another sender records the jobs it sent before.
+        assert claim_due_jobs(claiming, now, 2, now, now) == [a.job_id for a in accepted[1:3]]
+        with session_scope(sessions) as recording:
+            recording.execute(text("SET LOCAL lock_timeout = '2s'"))
+            mark_sent(recording, accepted[3:], datetime.now(UTC) + timedelta(hours=1))  # a new count row
+    with session_scope(sessions) as session:
+        follow_ups = session.scalar(select(func.count()).select_from(EmailJob).where(EmailJob.step_number == 2))
+    assert follow_ups == 3
+
+
+@pytest.mark.postgres
+def test_claims_of_two_campaigns_sharing_a_sender_never_wait_on_each_other(sessions: sessionmaker[Session]) -> None:
+    """A claim that finds nothing to take from one campaign (its cap spent) lets go of it, and of its
+    sender's budget row, before it tries the next campaign: held together, a claim waiting for the next
+    campaign and another claim of that campaign waiting for the sender's row would deadlock."""
+    spent = seed_campaign(sessions, 2, sender_email="team@sender.example")
+    due = seed_campaign(sessions, 3, sender_email="team@sender.example")
+    with session_scope(sessions) as session:
+        session.add(SenderLimit(email="team@sender.example", daily_cap=100))
+        session.execute(update(Campaign).where(Campaign.id == spent.campaign_id).values(daily_cap=0))
+    result: dict[str, Any] = {}
+
+    def claim() -> None:
+        now = datetime.now(UTC)
+        with session_scope(sessions) as session:
+            result["claimed"] = claim_due_jobs(session, now, 10, now, now)
+
+    with session_scope(sessions) as other:  # another claim holds the second campaign
+        other.get_one(Campaign, due.campaign_id, with_for_update={"key_share": True})
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the claim to wait for the second campaign")
+        other.execute(text("SET LOCAL lock_timeout = '3s'"))
+        assert other.scalar(select(SenderLimit.daily_cap).where(SenderLimit.email == "team@sender.example")
+                            .with_for_update()) == 100
+    claimer.join(10)
+    assert len(result["claimed"]) == 3
+    assert _job_statuses(sessions, due.campaign_id) == {JobStatus.SENDING: 3}
+    assert _job_statuses(sessions, spent.campaign_id) == {JobStatus.PENDING: 2}
+
+
+def _waiting_for_a_lock(sessions: sessionmaker[Session]) -> bool:
+    with session_scope(sessions) as session:
+        return bool(session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND datname = current_database()")))

@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
-from outreach_pipeline.core.delivery import DispatchReport, SendPolicy, dispatch_due
-from outreach_pipeline.core.claim import remaining_today
+from outreach_pipeline.core.delivery import Claim, DispatchReport, SendPolicy, dispatch_due, release
+from outreach_pipeline.core.claim import claim_due_jobs, remaining_today
 from outreach_pipeline.core.jobs import Accepted, mark_sent, schedule_first_jobs
 from outreach_pipeline.db.models import (
     Campaign,
@@ -468,3 +468,19 @@ def test_the_file_outbox_finds_a_sent_job_with_the_subject_it_went_out_with(tmp_
     assert (found.provider_message_id, found.message_id_header, found.subject) == (
         sent.provider_message_id, sent.message_id_header, "Zoë's café, Q3")
     assert outbox.find_sent("4") is None
+
+
+def test_releasing_a_claim_leaves_the_jobs_another_run_has_claimed_since(sessions: sessionmaker[Session]) -> None:
+    """A run that stops gives its claimed jobs back, but only those still held under its claim: a job the
+    reconciler took back and another run claimed again is that run's to send, not PENDING for a third."""
+    seeded = seed_campaign(sessions, 2)
+    claimed_at = datetime.now(UTC)
+    with session_scope(sessions) as session:
+        job_ids = claim_due_jobs(session, claimed_at, 2, claimed_at, claimed_at)
+    with session_scope(sessions) as session:  # run B claimed the first job again, later
+        session.execute(update(EmailJob).where(EmailJob.id == job_ids[0])
+                        .values(claimed_at=claimed_at + timedelta(minutes=20)))
+
+    release(sessions, Claim(job_ids, claimed_at), "the run stopped before this batch was sent")
+
+    assert [status for _, _, status, _ in jobs(sessions, seeded.campaign_id)] == [JobStatus.SENDING, JobStatus.PENDING]

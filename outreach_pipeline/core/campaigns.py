@@ -135,11 +135,12 @@ MAX_ROW_ID = 2**31 - 1  # ids are INTEGER columns: a larger one names no row (Po
 
 
 def get_campaign(session: Session, owner_id: int, campaign_id: int, *, lock: bool = False) -> Campaign:
-    """The owner's campaign. `lock` holds its row until commit (FOR UPDATE on PostgreSQL), so status changes
+    """The owner's campaign. `lock` holds its row until commit (FOR NO KEY UPDATE on PostgreSQL), so status changes
     that check then change the status run one at a time: two launches at once are one launch and a 409."""
     if not 0 < campaign_id <= MAX_ROW_ID:
         raise NotFoundError(f"Campaign {campaign_id} not found.")
-    campaign = session.get(Campaign, campaign_id, with_for_update=True if lock else None, populate_existing=lock)
+    campaign = session.get(Campaign, campaign_id, with_for_update={"key_share": True} if lock else None,
+                           populate_existing=lock)
     if campaign is None or campaign.owner_id != owner_id:
         raise NotFoundError(f"Campaign {campaign_id} not found.")
     return campaign
@@ -465,7 +466,7 @@ def complete_finished_campaigns(session: Session, now: datetime | None = None) -
     ).exists()
     done = (Campaign.status == CampaignStatus.ACTIVE) | ((Campaign.status == CampaignStatus.PAUSED) & ~waiting_leads)
     finished = session.scalars(
-        select(Campaign).where(done, Campaign.launched_at.is_not(None), no_open_jobs).with_for_update(skip_locked=True)
+        select(Campaign).where(done, Campaign.launched_at.is_not(None), no_open_jobs).with_for_update(skip_locked=True, key_share=True)
     ).all()
     for campaign in finished:
         campaign.status = CampaignStatus.COMPLETED

@@ -173,17 +173,27 @@ def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]
 
 def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime, claimed_at: datetime,
                    default_from: str = "") -> list[int]:
-    """Mark up to `limit` due, in-window, within-budget jobs SENDING, claimed at `claimed_at` (the wall clock,
-    which the lease runs from), and return their ids. `default_from` is the From of campaigns without one."""
-    claimed: list[int] = []
+    """Mark up to `limit` due, in-window, within-budget jobs of the first campaign that has some SENDING,
+    claimed at `claimed_at` (the wall clock, which the lease runs from), and return their ids; [] when no
+    campaign has any. `default_from` is the From of campaigns without one."""
+    postgresql = is_postgresql(session)
     for campaign_id in campaigns_with_due_jobs(session, due_before):
-        if len(claimed) >= limit:
-            break
-        # Loaded and locked in one statement: claims of one campaign take turns with its budget.
-        campaign = session.get_one(Campaign, campaign_id, with_for_update=True)
-        claimed += claim_for_campaign(session, campaign, due_before, now, limit - len(claimed), claimed_at,
-                                      default_from)
-    return claimed
+        # One campaign a claim, each tried in a savepoint: rolling back one that gives nothing (its budget
+        # spent, its sender's gap not over) releases its row lock and its sender's. So a claim never holds
+        # two campaigns' locks, and two claims whose campaigns share a sender cannot wait on each other.
+        # SQLite has no row locks (and one writer at a time): no savepoint needed.
+        savepoint = session.begin_nested() if postgresql else None
+        # Loaded and locked in one statement: claims of one campaign take turns with its budget. NO KEY
+        # UPDATE, so rows inserted for the campaign meanwhile (jobs, send counts) never wait on it.
+        campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True})
+        claimed = claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from)
+        if claimed:
+            if savepoint is not None:
+                savepoint.commit()
+            return claimed
+        if savepoint is not None:
+            savepoint.rollback()
+    return []
 
 
 def renew_claim(session: Session, job_ids: list[int], claimed_at: datetime, renewed_at: datetime) -> list[int]:

@@ -283,7 +283,7 @@ _OUR_SIDE = (SendOutcome.SENDER_REFUSED, SendOutcome.ACCOUNT_REFUSED)
 
 
 def _pause_for_sender(session: Session, campaign_id: int, result: SendResult) -> None:
-    campaign = session.get_one(Campaign, campaign_id, with_for_update=True)
+    campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True})
     if campaign.status == CampaignStatus.ACTIVE:  # a batch in flight may have paused it already
         pause_campaign(session, campaign, reason=(
             f"Paused automatically: the mail provider refused this campaign's sender ([{result.error_code}] "
@@ -291,10 +291,13 @@ def _pause_for_sender(session: Session, campaign_id: int, result: SendResult) ->
         log.warning("campaign %d paused: the provider refused its sender: %s", campaign_id, result.error)
 
 
-def _release(factory: sessionmaker[Session], job_ids: list[int], reason: str) -> None:
+def release(factory: sessionmaker[Session], claim: Claim, reason: str) -> None:
+    """The claim's jobs back to PENDING, those still held under it: one a reconciler took back and another
+    run claimed again is that run's to send, and must not go back to PENDING under it."""
     with session_scope(factory) as session:
         session.execute(
-            update(EmailJob).where(among(session, EmailJob.id, job_ids), EmailJob.status == JobStatus.SENDING)
+            update(EmailJob).where(among(session, EmailJob.id, claim.job_ids), EmailJob.status == JobStatus.SENDING,
+                                   EmailJob.claimed_at == claim.claimed_at)
             .values(status=JobStatus.PENDING, last_error=reason).execution_options(synchronize_session=False)
         )
 
@@ -345,16 +348,16 @@ class _Run:
         self.account_error: MailerAccountError | None = None
         # Batches nothing of which was sent, handed back to PENDING once every worker has stopped: released
         # earlier, a worker still claiming would take them again in this same failing run.
-        self.to_release: list[tuple[list[int], str]] = []
+        self.to_release: list[tuple[Claim, str]] = []
         self._release_lock = threading.Lock()
 
-    def release_later(self, job_ids: list[int], reason: str) -> None:
+    def release_later(self, claim: Claim, reason: str) -> None:
         with self._release_lock:
-            self.to_release.append((job_ids, reason))
+            self.to_release.append((claim, reason))
 
     def release_all(self) -> None:
-        for job_ids, reason in self.to_release:
-            _release(self.factory, job_ids, reason)
+        for claim, reason in self.to_release:
+            release(self.factory, claim, reason)
 
     def work(self) -> None:
         try:
@@ -378,7 +381,7 @@ class _Run:
         claim = self.claim()
         return bool(claim.job_ids) and self.send_claimed(claim)
 
-    def refused(self, refused: list[tuple[Prepared, SendResult]]) -> bool:
+    def refused(self, refused: list[tuple[Prepared, SendResult]], claimed_at: datetime) -> bool:
         """Jobs the provider refused for our side go back to PENDING. A refused account stops the run; a
         refused sender pauses its campaign, saying why, and the run goes on with the others. False to stop."""
         job_ids = [sent.job_id for sent, _ in refused]
@@ -386,9 +389,9 @@ class _Run:
         if account:
             refusal = account[0]
             error = MailerAccountError(f"the provider refused the account: [{refusal.error_code}] {refusal.error}")
-            self.account_refused(job_ids, error)
+            self.account_refused(Claim(job_ids, claimed_at), error)
             return False
-        self.release_later(job_ids, "the provider refused the campaign's sender")
+        self.release_later(Claim(job_ids, claimed_at), "the provider refused the campaign's sender")
         for sent, result in refused:  # counted as requeued, with the reason in the run's metadata
             _note(self.report, JobStatus.PENDING,
                   f"sender refused ({result.error_code}); campaign {sent.campaign_id} paused")
@@ -397,33 +400,35 @@ class _Run:
                 _pause_for_sender(session, campaign_id, result)
         return True
 
-    def account_refused(self, job_ids: list[int], error: MailerAccountError) -> None:
+    def account_refused(self, claim: Claim, error: MailerAccountError) -> None:
         """The provider refuses the account: the run stops, these jobs back to PENDING, the error raised."""
         self.stop.set()
-        self.release_later(job_ids, f"provider refused the account: {error}")
+        self.release_later(claim, f"provider refused the account: {error}")
         self.account_error = self.account_error or error
 
-    def _still_ours(self, session: Session, claim: Claim) -> list[int]:
-        """The claimed jobs this batch may send. A claim younger than half the lease is ours whatever happens
-        next: no reconciler touches it before the lease is over, and sending a batch takes far less than the
-        other half. An older one (the batch waited behind slow sends) is renewed, and only the jobs still
-        held under it are sent: a reconciler may have taken some back meanwhile."""
+    def _still_ours(self, session: Session, claim: Claim) -> Claim:
+        """The claimed jobs this batch may send, under the claim's moment. A claim younger than half the
+        lease is ours whatever happens next: no reconciler touches it before the lease is over, and sending
+        a batch takes far less than the other half. An older one (the batch waited behind slow sends) is
+        renewed, and only the jobs still held under it are sent: a reconciler may have taken some back."""
         if utcnow() - claim.claimed_at < self.policy.lease / 2:
-            return claim.job_ids
-        job_ids = renew_claim(session, claim.job_ids, claim.claimed_at, utcnow())
+            return claim
+        renewed_at = utcnow()
+        job_ids = renew_claim(session, claim.job_ids, claim.claimed_at, renewed_at)
         if len(job_ids) < len(claim.job_ids):
             log.warning("%d claimed job(s) were taken back while waiting to be sent; not sending them",
                         len(claim.job_ids) - len(job_ids))
-        return job_ids
+        return Claim(job_ids, renewed_at)
 
     def send_claimed(self, claim: Claim) -> bool:
         """Prepare, send and record one claimed batch; False once the run must stop."""
         with session_scope(self.factory) as session:
-            job_ids = self._still_ours(session, claim)
-            prepared = prepare_batch(session, job_ids, self.config, self.report) if job_ids else []
+            claim = self._still_ours(session, claim)
+            prepared = prepare_batch(session, claim.job_ids, self.config, self.report) if claim.job_ids else []
         if not prepared:
             return True
         ids = [p.job_id for p in prepared]
+        held = Claim(ids, claim.claimed_at)
         try:
             results = send_with_retries(self.mailer, [p.email for p in prepared], self.policy, self.report,
                                         self.stop)
@@ -434,17 +439,17 @@ class _Run:
                 log.warning("provider may have accepted %d jobs; left SENDING for the reconciler: %s", len(ids), error)
                 return False
             # Nothing of the batch was accepted: back to PENDING for a later run.
-            self.release_later(ids, f"provider unavailable: {error}")
+            self.release_later(held, f"provider unavailable: {error}")
             self.report.add(requeued=len(ids))
             log.warning("provider unavailable, %d jobs back to PENDING: %s", len(ids), error)
             return False
         except MailerAccountError as error:
-            self.account_refused(ids, error)
+            self.account_refused(held, error)
             return False
         _pause_for_crash_test()
         with session_scope(self.factory) as session:
             refused = record_results(session, prepared, results, self.report)
-        return self.refused(refused) if refused else True
+        return self.refused(refused, claim.claimed_at) if refused else True
 
 
 STOPPED_BEFORE_SENDING = "the run stopped before this batch was sent"
@@ -465,7 +470,7 @@ def _run_workers(run: _Run) -> None:
     def sender() -> None:
         while (claim := claimed.get()) is not None:
             if run.stop.is_set():  # never sent: straight back to PENDING once the run is over
-                run.release_later(claim.job_ids, STOPPED_BEFORE_SENDING)
+                run.release_later(claim, STOPPED_BEFORE_SENDING)
                 run.report.add(requeued=len(claim.job_ids))
                 continue
             try:

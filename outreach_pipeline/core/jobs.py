@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, insert, literal, select, text, update
+from sqlalchemy import and_, exists, func, insert, literal, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.models import (
     Campaign,
+    CampaignCount,
     CampaignStep,
     EmailJob,
     JobStatus,
@@ -30,13 +31,16 @@ _FIRST_JOB_COLUMNS = ["campaign_id", "lead_id", "step_number", "due_at", "status
 
 def _has_first_jobs(session: Session, campaign: Campaign) -> bool:
     """Whether any lead of the campaign already has a step-1 job (a resume, or leads added to a running
-    campaign); a lead's jobs always carry its campaign, so one probe of the campaign's index answers."""
+    campaign). Read from the campaign's job counters (kept by triggers on email_jobs, a few rows): email_jobs
+    has no index on the campaign alone, and its partial indexes hold only the jobs of some statuses."""
     if is_postgresql(session):
         # Launch, resume and imports into a running campaign all come through here: holding the campaign
         # row until commit keeps the answer true for the INSERT below.
-        session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
-    first_job = select(EmailJob.id).where(EmailJob.campaign_id == campaign.id, EmailJob.step_number == 1).limit(1)
-    return session.connection().scalar(first_job) is not None
+        session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update(key_share=True))
+    counts = CampaignCount.__table__.c
+    first_jobs = select(func.coalesce(func.sum(counts.n), 0)).where(
+        counts.campaign_id == campaign.id, counts.kind == "job", counts.step_number == 1)
+    return (session.connection().scalar(first_jobs) or 0) > 0
 
 
 def schedule_first_jobs(session: Session, campaign: Campaign, now: datetime) -> int:

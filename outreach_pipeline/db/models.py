@@ -278,8 +278,8 @@ class EmailJob(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # No index of its own: ix_email_jobs_claim and ix_email_jobs_sent_today start with it, and each index
-    # more is rewritten on every status change of every job.
+    # No index of its own: the partial indexes above start with it, and an index on every job is written
+    # on every status change of every job. Questions about all of a campaign's jobs read campaign_counts.
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     step_number: Mapped[int]
