@@ -2,10 +2,10 @@
 
 A reply is matched, most certain first: by the `reply+TOKEN@` MailboxHash our Reply-To carries; by its
 In-Reply-To/References against the Message-IDs we sent; by the sender's address among leads of running
-campaigns; by the sender's company domain, for a colleague writing afresh (both only when the leads found
-belong to one owner, so one tenant's reply never lands in another's campaign). A person's reply stops the
-lead's sequence; an auto-reply is recorded against the lead and changes nothing; a reply that matches no
-lead stays in `webhook_events` for review.
+campaigns (only when they all belong to one owner, so one tenant's reply never lands in another's
+campaign). A person's reply stops the lead's sequence; an auto-reply is recorded against the lead and
+changes nothing. Mail nothing of that matched, from the company domain of a lead we wrote to, is recorded
+against that lead for review, the sequence left running; any other stays in `webhook_events` for review.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from email.utils import getaddresses
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.events import Action
@@ -61,13 +61,21 @@ AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
 OPEN_STATUSES = (LeadStatus.PENDING, LeadStatus.CONTACTED)
 RUNNING = (CampaignStatus.ACTIVE, CampaignStatus.PAUSED)
 MESSAGE_ID = re.compile(r"<[^<>\s]{1,298}>")
-# Mailbox providers whose domain many unrelated people share: a reply from one is never matched by domain.
+# Mailbox and internet providers whose domain many unrelated people share: mail from one is never tied to
+# a lead by its domain. No list is complete; a domain match only records the mail, it never stops a lead.
 FREE_MAIL_DOMAINS = frozenset({
-    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "live.com",
-    "live.co.uk", "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com", "aol.com",
-    "icloud.com", "me.com", "mac.com", "proton.me", "protonmail.com", "pm.me", "gmx.com", "gmx.de", "gmx.net",
-    "web.de", "t-online.de", "mail.com", "zoho.com", "yandex.com", "yandex.ru", "mail.ru", "qq.com", "163.com",
-    "126.com", "naver.com", "orange.fr", "free.fr", "libero.it", "fastmail.com", "hey.com", "tutanota.com",
+    "gmail.com", "googlemail.com", "outlook.com", "outlook.de", "outlook.fr", "hotmail.com", "hotmail.co.uk",
+    "hotmail.fr", "hotmail.de", "hotmail.it", "hotmail.es", "live.com", "live.co.uk", "live.de", "live.fr",
+    "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "yahoo.es", "yahoo.it", "yahoo.ca",
+    "yahoo.co.jp", "yahoo.com.br", "ymail.com", "rocketmail.com", "aol.com", "aim.com", "icloud.com", "me.com",
+    "mac.com", "proton.me", "protonmail.com", "pm.me", "gmx.com", "gmx.de", "gmx.net", "gmx.at", "gmx.ch",
+    "web.de", "t-online.de", "mail.com", "inbox.com", "zoho.com", "yandex.com", "yandex.ru", "yandex.ua",
+    "mail.ru", "rambler.ru", "ukr.net", "qq.com", "163.com", "126.com", "139.com", "sina.com", "naver.com",
+    "daum.net", "hanmail.net", "rediffmail.com", "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr", "laposte.net",
+    "libero.it", "bluewin.ch", "seznam.cz", "wp.pl", "o2.pl", "interia.pl", "btinternet.com", "sky.com",
+    "virginmedia.com", "comcast.net", "verizon.net", "att.net", "sbcglobal.net", "bellsouth.net", "cox.net",
+    "charter.net", "earthlink.net", "juno.com", "shaw.ca", "rogers.com", "bigpond.com", "fastmail.com",
+    "hey.com", "tutanota.com",
 })
 
 
@@ -122,35 +130,44 @@ def _by_thread(session: Session, headers: dict[str, str]) -> Lead | None:
 def _single_owner_lead(session: Session, *conditions: ColumnElement[bool]) -> Lead | None:
     """The lead meeting `conditions` in a running campaign (a contacted one first, then the newest), when
     they all belong to one owner: with several tenants, a person decides."""
-    scope = (*conditions, Lead.status.in_(OPEN_STATUSES), Campaign.status.in_(RUNNING))
+    return _only_owner(session, (*conditions, Lead.status.in_(OPEN_STATUSES)),
+                       ((Lead.status == LeadStatus.CONTACTED).desc(), Lead.id.desc()))
+
+
+def _only_owner(session: Session, conditions: tuple[ColumnElement[bool], ...], order: tuple[Any, ...]
+                ) -> Lead | None:
+    scope = (*conditions, Campaign.status.in_(RUNNING))
     owners = session.scalars(select(Campaign.owner_id).join(Lead, Lead.campaign_id == Campaign.id)
                              .where(*scope).distinct().limit(2)).all()
     if len(owners) != 1:
         return None
     return session.scalar(select(Lead).join(Campaign, Campaign.id == Lead.campaign_id).where(*scope)
-                          .order_by((Lead.status == LeadStatus.CONTACTED).desc(), Lead.id.desc()).limit(1))
+                          .order_by(*order).limit(1))
 
 
 def _by_sender(session: Session, sender: str) -> Lead | None:
     return _single_owner_lead(session, Lead.email_key == sender) if "@" in sender else None
 
 
-def _by_company(session: Session, sender: str) -> Lead | None:
-    """A colleague writing from the lead's company domain (a fresh email, no thread): the lead at that domain
-    last contacted. Never for a free-mail domain, where a shared domain says nothing about the company. Reads
-    the running campaigns' open leads (no index on the domain: a lead row stays as cheap to import as it can
-    be), and runs only for inbound mail nothing more certain matched."""
+def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str]) -> Lead | None:
+    """The lead a reply answers, by the most certain evidence first."""
+    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers)
+            or _by_sender(session, sender_of(payload)))
+
+
+def colleague_lead(session: Session, sender: str) -> Lead | None:
+    """For mail nothing more certain matched (a fresh email from an address we never wrote to): the lead
+    we last emailed at the sender's company domain, when one owner has such leads. Never for a free-mail
+    domain. Reads the running campaigns' contacted leads (no index on the domain: a lead row stays as cheap
+    to import as it can be)."""
     domain = sender.rpartition("@")[2]
     if not domain or domain in FREE_MAIL_DOMAINS:
         return None
-    return _single_owner_lead(session, Lead.email_key.endswith(f"@{domain}", autoescape=True))
-
-
-def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str]) -> Lead | None:
-    """The lead a reply answers, by the most certain evidence first."""
-    sender = sender_of(payload)
-    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers) or _by_sender(session, sender)
-            or _by_company(session, sender))
+    last_sent = (select(func.max(EmailJob.sent_at)).where(EmailJob.lead_id == Lead.id)
+                 .correlate(Lead).scalar_subquery())
+    return _only_owner(session, (Lead.email_key.endswith(f"@{domain}", autoescape=True),
+                                 Lead.status == LeadStatus.CONTACTED),
+                       (last_sent.desc().nulls_last(), Lead.id.desc()))
 
 
 def _who(lead: Lead, sender: str) -> str:
@@ -166,7 +183,7 @@ def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
     headers = headers_of(payload)
     lead = match_reply(session, payload, headers)
     if lead is None:
-        return Action(UNMATCHED)
+        return _from_colleague(session, payload)
     lead_id, opened = lead.id, lead.status in OPEN_STATUSES
     who = _who(lead, sender_of(payload))
     if is_auto_reply(headers, str(payload.get("Subject") or "")):
@@ -183,3 +200,16 @@ def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
 
     # Replies are rare next to deliveries: the skipped count is written once known (one more statement).
     return Action(outcome(0), lead_id=lead_id, apply=record_reply)
+
+
+def _from_colleague(session: Session, payload: dict[str, Any]) -> Action:
+    """Mail from the company of a lead we wrote to, by nothing but its domain: recorded against that lead
+    for a person to read, the sequence left running. The domain alone is weak evidence (a large company,
+    an internet provider's domain missing from FREE_MAIL_DOMAINS): stopping on it could stop the wrong
+    lead, while a reply to our email itself (its Reply-To, its thread) is matched above and stops."""
+    sender = sender_of(payload)
+    lead = colleague_lead(session, sender)
+    if lead is None:
+        return Action(UNMATCHED)
+    return Action(f"mail from {sender[:80]}, at the company of lead {lead.id}, recorded for review; "
+                  "sequence continues", lead_id=lead.id)
