@@ -3,7 +3,14 @@
 import os
 from datetime import timedelta
 
-from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    EnvVar,
+    InitResourceContext,
+    InputContext,
+    OutputContext,
+)
 from pydantic import PrivateAttr
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,10 +116,26 @@ def _secret(name: str, value: str) -> str | EnvVar:
     return EnvVar(name) if os.environ.get(name) else value
 
 
+LEAD_ROWS_IO = "lead_rows_io"
+
+
+class LeadRowsInDatabase(ConfigurableIOManager):
+    """The IO manager of lead_file_import, whose output type is the LeadRow schema: the import writes its
+    rows to the database itself, chunk by chunk (core/leads.py), so there is nothing left to store, and no
+    asset reads them through Dagster."""
+
+    def handle_output(self, context: OutputContext, obj: object) -> None:
+        return None
+
+    def load_input(self, context: InputContext) -> object:
+        raise NotImplementedError("Lead rows live in the leads table; read them from the database.")
+
+
 def resources_from_settings(settings: Settings) -> dict[str, ConfigurableResource]:
     """The resources `definitions.py` wires, configured from the same settings as the API."""
     return {
         "database": DatabaseResource(url=settings.database_url),
+        LEAD_ROWS_IO: LeadRowsInDatabase(),
         "mail": MailResource(
             backend="postmark" if settings.uses_postmark else "outbox",
             outbox_dir=str(settings.outbox_dir),

@@ -22,6 +22,9 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     ExecuteInProcessResult,
+    InputContext,
+    IOManager,
+    OutputContext,
     SensorResult,
     SkipReason,
     build_sensor_context,
@@ -369,3 +372,26 @@ def test_lead_file_import_has_the_lead_row_schema_as_its_type() -> None:
                          "company": [None], "title": [None], "timezone": [None]})
     assert check_dagster_type(dagster_type, good).success
     assert not check_dagster_type(dagster_type, good.assign(email=["not an address"])).success
+    assert not check_dagster_type(dagster_type, pd.DataFrame).success  # a class is not rows
+
+
+def test_an_import_hands_dagster_no_rows_to_store(pipeline: Pipeline, instance: DagsterInstance) -> None:
+    """The rows are in the database: nothing reaches an IO manager, whose default would pickle the output,
+    and the output's type check, against the LeadRow type, passes."""
+    handed: list[object] = []
+
+    class Recording(IOManager):
+        def handle_output(self, context: OutputContext, obj: object) -> None:
+            handed.append(obj)
+
+        def load_input(self, context: InputContext) -> object:
+            raise AssertionError("nothing reads lead rows through Dagster")
+
+    key, _ = pipeline.drop("hubspot_export.csv", _unique("hubspot.csv"))
+    instance.add_dynamic_partitions(lead_files.name, [key])
+    result = materialize([lead_file_import], partition_key=key, instance=instance,
+                         resources={**pipeline.resources, "io_manager": Recording()})
+
+    assert result.success and handed == []
+    (output,) = [event for event in result.all_events if event.event_type_value == "STEP_OUTPUT"]
+    assert output.event_specific_data.type_check_data.success  # type: ignore[union-attr]

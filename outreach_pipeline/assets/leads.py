@@ -23,7 +23,7 @@ from outreach_pipeline.core.lead_schema import LEAD_ROW_SCHEMA
 from outreach_pipeline.core.leads import ImportReport, import_leads_csv
 from outreach_pipeline.db.models import Campaign
 from outreach_pipeline.db.session import session_scope
-from outreach_pipeline.resources import DatabaseResource, LeadsBucketResource
+from outreach_pipeline.resources import LEAD_ROWS_IO, DatabaseResource, LeadsBucketResource
 
 lead_files = DynamicPartitionsDefinition(name="lead_files")
 
@@ -34,7 +34,8 @@ def _stored_or_valid(context: TypeCheckContext, value: Any) -> TypeCheck:
     """The asset's output is nothing: a file is validated against LEAD_ROW_SCHEMA chunk by chunk as it is
     read (core/leads.py) and its rows go straight to the database, never held whole in memory. A frame, if
     one is ever given, is checked against the schema like any pandera type."""
-    if value is None or isinstance(value, type):  # a MaterializeResult without value: Dagster's sentinel class
+    # A MaterializeResult without a value hands the type check Dagster's NoValueSentinel class.
+    if value is None or (isinstance(value, type) and value.__name__ == "NoValueSentinel"):
         return TypeCheck(success=True, description="Rows validated against the LeadRow schema as they were read.")
     return LEAD_ROW_TYPE.type_check(context, value)
 
@@ -53,6 +54,7 @@ LEAD_ROWS = DagsterType(
     group_name="leads",
     description="Leads of one CSV file dropped in the bucket, validated against the LeadRow schema and stored.",
     dagster_type=LEAD_ROWS,
+    io_manager_key=LEAD_ROWS_IO,  # nothing to store: the rows are in the database
     metadata={"dagster/column_schema": LEAD_ROW_TYPE.metadata["schema"].schema},
     kinds={"csv", "pandas"},
 )
