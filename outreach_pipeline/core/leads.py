@@ -35,7 +35,7 @@ from outreach_pipeline.core.lead_schema import (
     failure_reasons,
 )
 from outreach_pipeline.core.lead_store import PreparedRows, StoreTarget, lead_store_for
-from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text
+from outreach_pipeline.core.placeholders import AI_OPENER, campaign_template_texts, find_placeholders
 from outreach_pipeline.core.prefetch import prefetched
 from outreach_pipeline.core.rejects import LocalRejects, RejectsTarget, RejectsWriter, spreadsheet_safe
 from outreach_pipeline.db.base import utcnow
@@ -46,7 +46,6 @@ from outreach_pipeline.db.models import (
     Lead,
     LeadImport,
     LeadStatus,
-    Template,
 )
 
 __all__ = ["ImportReport", "RejectedRow", "add_leads", "copy_leads", "import_leads_csv", "lead_fields",
@@ -340,9 +339,7 @@ def _fields_templates_need(session: Session, campaign: Campaign) -> list[str]:
     """The lead fields a running campaign's templates use without a fallback (none for other statuses)."""
     if campaign.status not in _RUNNING:
         return []
-    texts = session.execute(select(Template.subject, Template.body, Template.html_body)
-                            .where(Template.campaign_id == campaign.id))
-    return sorted({p.name for parts in texts for p in find_placeholders(template_text(*parts))
+    return sorted({p.name for text in campaign_template_texts(session, campaign.id) for p in find_placeholders(text)
                    if p.fallback is None} - _NOT_LEAD_FIELDS)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Row, Select, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.llm_cache import CacheWrite, cache_key, cached_answers, remember
-from outreach_pipeline.core.placeholders import AI_OPENER, template_text, uses_field
+from outreach_pipeline.core.placeholders import AI_OPENER, campaign_template_texts, uses_field
 from outreach_pipeline.db.models import Campaign, CampaignStatus, Lead, LeadOpener, LeadStatus, Template
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.session import session_scope
@@ -75,9 +75,7 @@ class Outcome:
 
 
 def campaign_uses_openers(session: Session, campaign_id: int) -> bool:
-    texts = session.execute(select(Template.subject, Template.body, Template.html_body)
-                            .where(Template.campaign_id == campaign_id))
-    return any(uses_field(template_text(*parts), AI_OPENER) for parts in texts)
+    return any(uses_field(text, AI_OPENER) for text in campaign_template_texts(session, campaign_id))
 
 
 def campaigns_needing_openers(session: Session) -> list[int]:

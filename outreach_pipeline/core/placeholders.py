@@ -8,6 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from outreach_pipeline.db.models import Template
+
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|([^{}]*))?\}\}")
 _CR_LF = re.compile(r"[\r\n]+")
 # Not a lead column: filled per lead from the opening line generated for it (core/openers.py).
@@ -29,6 +34,13 @@ class MissingFieldError(ValueError):
 def template_text(subject: str, body: str, html_body: str | None = None) -> str:
     """Every part of a template that placeholders may sit in, as one text to look through."""
     return "\n".join(part for part in (subject, body, html_body) if part)
+
+
+def campaign_template_texts(session: Session, campaign_id: int) -> list[str]:
+    """Each of the campaign's templates as one text (template_text), read in one query."""
+    rows = session.execute(select(Template.subject, Template.body, Template.html_body)
+                           .where(Template.campaign_id == campaign_id))
+    return [template_text(*row) for row in rows]
 
 
 def find_placeholders(text: str) -> list[Placeholder]:
