@@ -247,3 +247,19 @@ def test_a_sender_known_to_two_owners_is_not_guessed(
     with client.app.state.services.sessions() as session:
         statuses = session.scalars(select(Lead.status)).all()
     assert statuses == [LeadStatus.CONTACTED, LeadStatus.CONTACTED]
+
+
+def test_a_sender_who_is_a_lead_of_two_owners_is_not_taken_for_a_colleague(
+    client: TestClient[Any], settings: Settings, auth_headers: dict[str, str]
+) -> None:
+    """Pat is a lead of both tenants, so who Pat answers is for a person to decide; Pat's domain must not
+    hand the mail to the one tenant that already wrote to someone else there."""
+    mine = _launch(client, auth_headers, [{"email": "yan@acme.example"}], name="Mine")
+    assert _send_due(client) == 1
+    assert client.post(f"/api/campaigns/{mine}/leads", headers=auth_headers,
+                       json={"leads": [{"email": "pat@acme.example"}]}).json()["stored"] == 1
+    assert settings.outbox_dir is not None
+    rival = sign_in(client, "rival@else.example", lambda: latest_outbox_token(settings.outbox_dir))  # type: ignore[arg-type]
+    _launch(client, rival, [{"email": "pat@acme.example"}], name="Theirs")
+
+    assert _event(client, _post_reply(client, "pat@acme.example")).lead_id is None

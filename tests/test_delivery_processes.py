@@ -25,7 +25,14 @@ import pytest
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from outreach_pipeline.core.campaigns import CampaignCreate, StepSpec, create_campaign, launch_campaign
+from outreach_pipeline.core.campaigns import (
+    CampaignCreate,
+    StepSpec,
+    create_campaign,
+    get_campaign,
+    launch_campaign,
+    pause_campaign,
+)
 from outreach_pipeline.core.claim import claim_due_jobs
 from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
@@ -337,3 +344,24 @@ def _waiting_for_a_lock(sessions: sessionmaker[Session]) -> bool:
     with session_scope(sessions) as session:
         return bool(session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                         "AND datname = current_database()")))
+
+
+@pytest.mark.postgres
+def test_a_claim_waiting_on_a_pause_claims_nothing_once_the_pause_commits(sessions: sessionmaker[Session]) -> None:
+    seeded = seed_campaign(sessions, 3)
+    result: dict[str, Any] = {}
+
+    def claim() -> None:
+        now = datetime.now(UTC)
+        with session_scope(sessions) as session:
+            result["claimed"] = claim_due_jobs(session, now, 10, now, now)
+
+    with session_scope(sessions) as pausing:  # the API's pause: the campaign row locked, then changed
+        pause_campaign(pausing, get_campaign(pausing, seeded.owner_id, seeded.campaign_id, lock=True))
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the claim to wait for the paused campaign")
+    claimer.join(10)
+
+    assert result["claimed"] == []
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.PENDING: 3}

@@ -185,8 +185,11 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
         savepoint = session.begin_nested() if postgresql else None
         # Loaded and locked in one statement: claims of one campaign take turns with its budget. NO KEY
         # UPDATE, so rows inserted for the campaign meanwhile (jobs, send counts) never wait on it.
-        campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True})
-        claimed = claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from)
+        campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True},
+                                   populate_existing=True)
+        # Read again under the lock: a pause committed while we waited for it must hold.
+        claimed = (claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from)
+                   if campaign.status == CampaignStatus.ACTIVE else [])
         if claimed:
             if savepoint is not None:
                 savepoint.commit()

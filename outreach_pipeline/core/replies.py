@@ -130,18 +130,20 @@ def _by_thread(session: Session, headers: dict[str, str]) -> Lead | None:
 def _single_owner_lead(session: Session, *conditions: ColumnElement[bool]) -> Lead | None:
     """The lead meeting `conditions` in a running campaign (a contacted one first, then the newest), when
     they all belong to one owner: with several tenants, a person decides."""
-    return _only_owner(session, (*conditions, Lead.status.in_(OPEN_STATUSES)),
-                       ((Lead.status == LeadStatus.CONTACTED).desc(), Lead.id.desc()))
+    scope = (*conditions, Lead.status.in_(OPEN_STATUSES))
+    return _only_owner(session, scope, scope, ((Lead.status == LeadStatus.CONTACTED).desc(), Lead.id.desc()))
 
 
-def _only_owner(session: Session, conditions: tuple[ColumnElement[bool], ...], order: tuple[Any, ...]
-                ) -> Lead | None:
-    scope = (*conditions, Campaign.status.in_(RUNNING))
+def _only_owner(session: Session, owned: tuple[ColumnElement[bool], ...], chosen: tuple[ColumnElement[bool], ...],
+                order: tuple[Any, ...]) -> Lead | None:
+    """The first lead meeting `chosen` in `order`, among running campaigns, when every lead meeting `owned`
+    there belongs to one owner."""
+    running = Campaign.status.in_(RUNNING)
     owners = session.scalars(select(Campaign.owner_id).join(Lead, Lead.campaign_id == Campaign.id)
-                             .where(*scope).distinct().limit(2)).all()
+                             .where(*owned, running).distinct().limit(2)).all()
     if len(owners) != 1:
         return None
-    return session.scalar(select(Lead).join(Campaign, Campaign.id == Lead.campaign_id).where(*scope)
+    return session.scalar(select(Lead).join(Campaign, Campaign.id == Lead.campaign_id).where(*chosen, running)
                           .order_by(*order).limit(1))
 
 
@@ -163,10 +165,16 @@ def colleague_lead(session: Session, sender: str) -> Lead | None:
     domain = sender.rpartition("@")[2]
     if not domain or domain in FREE_MAIL_DOMAINS:
         return None
+    # A sender who is a lead somewhere is no colleague: when _by_sender left them unmatched (two owners,
+    # or a lead no longer open), a person decides.
+    if session.scalar(select(Lead.id).where(Lead.email_key == sender).limit(1)) is not None:
+        return None
+    at_company = Lead.email_key.endswith(f"@{domain}", autoescape=True)
     last_sent = (select(func.max(EmailJob.sent_at)).where(EmailJob.lead_id == Lead.id)
                  .correlate(Lead).scalar_subquery())
-    return _only_owner(session, (Lead.email_key.endswith(f"@{domain}", autoescape=True),
-                                 Lead.status == LeadStatus.CONTACTED),
+    # Owners counted over every lead at the domain: one tenant's contacted lead must not take mail another
+    # tenant's leads there could be meant by.
+    return _only_owner(session, (at_company,), (at_company, Lead.status == LeadStatus.CONTACTED),
                        (last_sent.desc().nulls_last(), Lead.id.desc()))
 
 
