@@ -37,8 +37,9 @@ from outreach_pipeline.core.claim import claim_due_jobs
 from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import Accepted, mark_sent
+from outreach_pipeline.core.leads import add_leads
 from outreach_pipeline.core.templates import TemplateInput, save_template
-from outreach_pipeline.db.models import Campaign, EmailJob, JobStatus, Lead, SenderLimit, User
+from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit, User
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.message import OutgoingEmail, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
@@ -365,3 +366,39 @@ def test_a_claim_waiting_on_a_pause_claims_nothing_once_the_pause_commits(sessio
 
     assert result["claimed"] == []
     assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.PENDING: 3}
+
+
+@pytest.mark.postgres
+def test_leads_added_while_a_launch_commits_get_their_first_email(sessions: sessionmaker[Session]) -> None:
+    """The import read the campaign as a DRAFT, then waited for the launch's lock: under the lock it must
+    see the launch, or its leads would never be mailed."""
+    with session_scope(sessions) as session:
+        owner = User(email="racer@company.example")
+        session.add(owner)
+        session.flush()
+        campaign = create_campaign(session, owner.id, CampaignCreate(
+            name="Race", sender_name="Ada", sender_email="ada@sender.example", steps=[StepSpec()]))
+        save_template(session, campaign, TemplateInput(step_number=1, subject="Hello", body="Hi there."))
+        add_leads(session, campaign, [{"email": "first@lead.example"}])
+        campaign_id, owner_id = campaign.id, owner.id
+    result: dict[str, Any] = {}
+
+    def add_late_lead() -> None:
+        with session_scope(sessions) as session:
+            draft = session.get_one(Campaign, campaign_id)
+            assert draft.status == CampaignStatus.DRAFT  # what the launch has not committed yet
+            result["report"] = add_leads(session, draft, [{"email": "late@lead.example"}])
+
+    with session_scope(sessions) as launching:
+        launch_campaign(launching, get_campaign(launching, owner_id, campaign_id, lock=True),
+                        now=datetime.now(UTC))
+        adder = threading.Thread(target=add_late_lead)
+        adder.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the import to wait for the launch")
+    adder.join(10)
+
+    assert result["report"].stored == 1
+    with session_scope(sessions) as session:
+        mailed = session.scalars(select(Lead.email).join(EmailJob, EmailJob.lead_id == Lead.id)
+                                 .where(Lead.campaign_id == campaign_id).order_by(Lead.email)).all()
+    assert mailed == ["first@lead.example", "late@lead.example"]

@@ -82,8 +82,10 @@ class LeadStore(Protocol):
 def lead_store_for(session: Session, target: StoreTarget) -> LeadStore:
     """The store for the session's database. Locks the campaign row until commit: leads carry no foreign key
     (a per-row parent lookup costs more than the insert), so this one lock keeps the campaign from being
-    deleted under the import."""
-    session.execute(select(Campaign.id).where(Campaign.id == target.campaign_id).with_for_update(key_share=True))
+    deleted under the import, and its status from changing before the import commits. The campaign is read
+    again under the lock (the session's own object, refreshed): a launch that committed while the import
+    waited must be seen, or the new leads would get no first email."""
+    session.get(Campaign, target.campaign_id, with_for_update={"key_share": True}, populate_existing=True)
     return PostgresLeadStore(session, target) if is_postgresql(session) else PortableLeadStore(session, target)
 
 
