@@ -25,9 +25,11 @@ import pytest
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from outreach_pipeline.core.bounce_guard import pause_bouncing_campaigns
 from outreach_pipeline.core.campaigns import (
     CampaignCreate,
     StepSpec,
+    complete_campaign,
     create_campaign,
     get_campaign,
     launch_campaign,
@@ -39,7 +41,16 @@ from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport
 from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.leads import add_leads
 from outreach_pipeline.core.templates import TemplateInput, save_template
-from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, SenderLimit, User
+from outreach_pipeline.db.models import (
+    Campaign,
+    CampaignStatus,
+    EmailJob,
+    JobStatus,
+    Lead,
+    LeadStatus,
+    SenderLimit,
+    User,
+)
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
 from outreach_pipeline.mail.message import OutgoingEmail, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
@@ -402,3 +413,27 @@ def test_leads_added_while_a_launch_commits_get_their_first_email(sessions: sess
         mailed = session.scalars(select(Lead.email).join(EmailJob, EmailJob.lead_id == Lead.id)
                                  .where(Lead.campaign_id == campaign_id).order_by(Lead.email)).all()
     assert mailed == ["first@lead.example", "late@lead.example"]
+
+
+@pytest.mark.postgres
+def test_the_bounce_guard_leaves_a_campaign_its_owner_completed_meanwhile(sessions: sessionmaker[Session]) -> None:
+    seeded = seed_campaign(sessions, 2)
+    with session_scope(sessions) as session:
+        mark_sent(session, _accepted_first_jobs(sessions, seeded.campaign_id), datetime.now(UTC))
+        session.execute(update(Lead).where(Lead.campaign_id == seeded.campaign_id).values(status=LeadStatus.BOUNCED))
+    result: dict[str, Any] = {}
+
+    def guard() -> None:
+        with session_scope(sessions) as session:
+            result["paused"] = pause_bouncing_campaigns(session, max_rate=0.05, min_sent=1)
+
+    with session_scope(sessions) as completing:  # the owner completes it; the guard reads it ACTIVE meanwhile
+        complete_campaign(completing, get_campaign(completing, seeded.owner_id, seeded.campaign_id, lock=True))
+        guarding = threading.Thread(target=guard)
+        guarding.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the guard to wait for the campaign")
+    guarding.join(10)
+
+    assert result["paused"] == []
+    with session_scope(sessions) as session:
+        assert session.get_one(Campaign, seeded.campaign_id).status == CampaignStatus.COMPLETED

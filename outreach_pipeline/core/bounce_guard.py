@@ -54,6 +54,11 @@ def pause_bouncing_campaigns(session: Session, max_rate: float, min_sent: int) -
             continue
         rate = replace(rate, bounced=rate.bounced - soft_bounced_leads(session, campaign.id))
         if rate.rate > max_rate:
+            # Read again under the campaign's lock: its owner may have paused or completed it meanwhile.
+            campaign = session.get_one(Campaign, campaign.id, with_for_update={"key_share": True},
+                                       populate_existing=True)
+            if campaign.status != CampaignStatus.ACTIVE:
+                continue
             pause_campaign(session, campaign, reason=(
                 f"Paused automatically: {rate.bounced} of {rate.sent} emails hard-bounced "
                 f"({rate.rate:.1%}, above {max_rate:.0%}). Clean the lead list, then resume."))
