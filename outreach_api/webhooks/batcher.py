@@ -99,11 +99,10 @@ class EventBatcher:
         except Exception:  # noqa: BLE001 - a database error: each event gets its own transaction and answer
             if len(batch) > 1:
                 log.info("webhook batch failed; applying its %d events one by one", len(batch), exc_info=True)
-            for pending in batch:
-                _settle(pending, self._alone(pending))
+            _settle([(pending, self._alone(pending)) for pending in batch])
             return
-        for pending, result in zip(batch, results, strict=True):
-            _settle(pending, _refusal(pending, result) if isinstance(result, ValueError) else result)
+        _settle([(pending, _refusal(pending, result) if isinstance(result, ValueError) else result)
+                 for pending, result in zip(batch, results, strict=True)])
 
     def _alone(self, pending: _Pending) -> EventResult | BaseException:
         try:
@@ -126,16 +125,24 @@ def _refusal(pending: _Pending, error: ValueError) -> InvalidInputError:
     return InvalidInputError(f"Not a Postmark {pending.record_type} payload: {error}")
 
 
-def _settle(pending: _Pending, result: EventResult | BaseException) -> None:
-    def set_result() -> None:
+def _settle(answers: list[tuple[_Pending, EventResult | BaseException]]) -> None:
+    """Hand each request its answer on its own event loop: one wake-up per loop for the whole batch, not one
+    per event (each is a write to the loop's wake-up pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, EventResult | BaseException]]] = {}
+    for pending, result in answers:
+        by_loop.setdefault(pending.loop, []).append((pending, result))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_results, settled)
+        except RuntimeError:  # the requests' event loop has closed: nobody is waiting for these answers
+            log.debug("%d webhook answer(s) dropped: their event loop is closed", len(settled))
+
+
+def _set_results(settled: list[tuple[_Pending, EventResult | BaseException]]) -> None:
+    for pending, result in settled:
         if pending.future.done():  # the request was cancelled (the client went away)
-            return
+            continue
         if isinstance(result, BaseException):
             pending.future.set_exception(result)
         else:
             pending.future.set_result(result)
-
-    try:
-        pending.loop.call_soon_threadsafe(set_result)
-    except RuntimeError:  # the request's event loop has closed: nobody is waiting for this answer
-        log.debug("webhook answer dropped: its event loop is closed")
