@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
@@ -484,3 +484,29 @@ def test_releasing_a_claim_leaves_the_jobs_another_run_has_claimed_since(session
     release(sessions, Claim(job_ids, claimed_at), "the run stopped before this batch was sent")
 
     assert [status for _, _, status, _ in jobs(sessions, seeded.campaign_id)] == [JobStatus.SENDING, JobStatus.PENDING]
+
+
+def test_a_run_tries_a_campaign_whose_cap_is_spent_once(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    """A run claims batch after batch; a capped campaign is not locked and weighed again for each of them
+    (with many small-cap campaigns, that was most of every claim)."""
+    capped = seed_campaign(sessions, 3, daily_cap=1)
+    seed_campaign(sessions, 5)
+    budget_reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "send_counts" in statement and statement.lstrip().upper().startswith("SELECT"):
+            budget_reads.append(statement)
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        report = send(sessions, fake_postmark, policy=SendPolicy(batch_size=1, concurrency=1))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    assert report.sent == 6
+    assert [status for _, _, status, _ in jobs(sessions, capped.campaign_id)].count(JobStatus.PENDING) == 2
+    # The capped campaign twice (its one email, then found spent), the other once for each of its five.
+    assert len(budget_reads) == 7

@@ -143,9 +143,9 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
 
 
 def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int,
-                       claimed_at: datetime, default_from: str = "") -> list[int]:
+                       claimed_at: datetime, default_from: str = "", spent: set[int] | None = None) -> list[int]:
     """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`.
-    The caller holds the campaign's row lock (claim_due_jobs)."""
+    The caller holds the campaign's row lock (claim_due_jobs). A campaign whose budget is spent joins `spent`."""
     sender = sender_address(campaign, default_from)
     budget = min(limit, remaining_today(session, campaign, now, default_from))
     pacing = _sender_pacing(session, campaign, sender) if campaign.send_gap_seconds > 0 else None
@@ -154,6 +154,8 @@ def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetim
             return []
         budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the address's next
     if budget <= 0:
+        if spent is not None:
+            spent.add(campaign.id)
         return []
     claimed = _claim_step(session, campaign.id, due_before, claimed_at, True, budget)
     if len(claimed) < budget:
@@ -172,12 +174,16 @@ def campaigns_with_due_jobs(session: Session, due_before: datetime) -> list[int]
 
 
 def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: datetime, claimed_at: datetime,
-                   default_from: str = "") -> list[int]:
+                   default_from: str = "", spent: set[int] | None = None) -> list[int]:
     """Mark up to `limit` due, in-window, within-budget jobs of the first campaign that has some SENDING,
     claimed at `claimed_at` (the wall clock, which the lease runs from), and return their ids; [] when no
-    campaign has any. `default_from` is the From of campaigns without one."""
+    campaign has any. `default_from` is the From of campaigns without one. `spent` (a run's, across its
+    claims) holds the campaigns found with nothing more to give today, their budget spent or no longer
+    ACTIVE: they are skipped, so a run's every claim does not try each capped campaign again."""
     postgresql = is_postgresql(session)
     for campaign_id in campaigns_with_due_jobs(session, due_before):
+        if spent is not None and campaign_id in spent:
+            continue
         # One campaign a claim, each tried in a savepoint: rolling back one that gives nothing (its budget
         # spent, its sender's gap not over) releases its row lock and its sender's. So a claim never holds
         # two campaigns' locks, and two claims whose campaigns share a sender cannot wait on each other.
@@ -188,8 +194,12 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
         campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True},
                                    populate_existing=True)
         # Read again under the lock: a pause committed while we waited for it must hold.
-        claimed = (claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from)
-                   if campaign.status == CampaignStatus.ACTIVE else [])
+        if campaign.status == CampaignStatus.ACTIVE:
+            claimed = claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from, spent)
+        else:
+            claimed = []
+            if spent is not None:
+                spent.add(campaign_id)
         if claimed:
             if savepoint is not None:
                 savepoint.commit()

@@ -349,6 +349,7 @@ class _Run:
         # Batches nothing of which was sent, handed back to PENDING once every worker has stopped: released
         # earlier, a worker still claiming would take them again in this same failing run.
         self.to_release: list[tuple[Claim, str]] = []
+        self.spent: set[int] = set()  # campaigns with nothing more to give in this run (claim_due_jobs)
         self._release_lock = threading.Lock()
 
     def release_later(self, claim: Claim, reason: str) -> None:
@@ -373,7 +374,7 @@ class _Run:
         claimed_at = utcnow()
         with session_scope(self.factory) as session:
             job_ids = claim_due_jobs(session, self.due_before, self.policy.batch_size * batches, self.now,
-                                     claimed_at, self.config.default_from)
+                                     claimed_at, self.config.default_from, self.spent)
         self.report.add(claimed=len(job_ids), batches=-(-len(job_ids) // self.policy.batch_size))
         return Claim(job_ids, claimed_at)
 
