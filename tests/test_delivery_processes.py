@@ -292,7 +292,8 @@ if __name__ == "__main__":
     _main(sys.argv[1:])
 
 
-def _accepted_first_jobs(sessions: sessionmaker[Session], campaign_id: int) -> list[Accepted]:
+def accepted_jobs(sessions: sessionmaker[Session], campaign_id: int) -> list[Accepted]:
+    """The campaign's jobs as the provider accepted them, in id order: what mark_sent records."""
     with session_scope(sessions) as session:
         return [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number, f"pm-{job.id}", f"<{job.id}@x>")
                 for job in session.scalars(select(EmailJob).where(EmailJob.campaign_id == campaign_id)
@@ -306,7 +307,7 @@ def test_a_claim_in_progress_never_blocks_recording_the_sends_of_its_campaign(
     """Recording a send inserts rows that point at the campaign (the follow-up, the send count): they must
     not queue behind the claimer's lock on that campaign, or the claimer and a sender deadlock."""
     seeded = seed_campaign(sessions, 5, steps=[StepSpec(), StepSpec(delay_days=2)])
-    accepted = _accepted_first_jobs(sessions, seeded.campaign_id)
+    accepted = accepted_jobs(sessions, seeded.campaign_id)
     with session_scope(sessions) as session:
         mark_sent(session, accepted[:1], datetime.now(UTC))  # this quarter hour's count row exists
     with session_scope(sessions) as claiming:
@@ -419,7 +420,7 @@ def test_leads_added_while_a_launch_commits_get_their_first_email(sessions: sess
 def test_the_bounce_guard_leaves_a_campaign_its_owner_completed_meanwhile(sessions: sessionmaker[Session]) -> None:
     seeded = seed_campaign(sessions, 2)
     with session_scope(sessions) as session:
-        mark_sent(session, _accepted_first_jobs(sessions, seeded.campaign_id), datetime.now(UTC))
+        mark_sent(session, accepted_jobs(sessions, seeded.campaign_id), datetime.now(UTC))
         session.execute(update(Lead).where(Lead.campaign_id == seeded.campaign_id).values(status=LeadStatus.BOUNCED))
     result: dict[str, Any] = {}
 

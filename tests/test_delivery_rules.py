@@ -15,9 +15,9 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.core.campaigns import StepSpec, pause_campaign, resume_campaign
-from outreach_pipeline.core.delivery import Claim, DispatchReport, SendPolicy, dispatch_due, release
 from outreach_pipeline.core.claim import claim_due_jobs, remaining_today
-from outreach_pipeline.core.jobs import Accepted, mark_sent, schedule_first_jobs
+from outreach_pipeline.core.delivery import Claim, DispatchReport, SendPolicy, dispatch_due, release
+from outreach_pipeline.core.jobs import mark_sent, schedule_first_jobs
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
@@ -35,7 +35,7 @@ from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, Se
 from outreach_pipeline.mail.outbox import FileOutbox
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
-from tests.test_delivery_processes import CONFIG, seed_campaign
+from tests.test_delivery_processes import CONFIG, accepted_jobs, seed_campaign
 
 QUICK = SendPolicy(batch_size=50, max_retries=2, backoff_base_s=0.01)
 
@@ -119,17 +119,10 @@ def test_a_sender_address_cap_spans_its_campaigns(sessions: sessionmaker[Session
     assert statuses.count(JobStatus.SENT) == 4 and statuses.count(JobStatus.PENDING) == 2
 
 
-def _accepted(sessions: sessionmaker[Session], campaign_id: int) -> list[Accepted]:
-    with session_scope(sessions) as session:
-        return [Accepted(job.id, job.lead_id, job.campaign_id, job.step_number, f"pm-{job.id}", f"<{job.id}@x>")
-                for job in session.scalars(select(EmailJob).where(EmailJob.campaign_id == campaign_id)
-                                           .order_by(EmailJob.id))]
-
-
 def test_the_cap_counts_a_job_settled_twice_once(sessions: sessionmaker[Session]) -> None:
     """The send path and the reconciler may both settle one job: the first wins and the day counts it once."""
     seeded = seed_campaign(sessions, 3, daily_cap=10, timezone="UTC")
-    accepted = _accepted(sessions, seeded.campaign_id)
+    accepted = accepted_jobs(sessions, seeded.campaign_id)
     now = datetime.now(UTC)
     with session_scope(sessions) as session:
         mark_sent(session, accepted[:2], now)
@@ -143,7 +136,7 @@ def test_the_cap_counts_a_job_settled_twice_once(sessions: sessionmaker[Session]
 def test_a_days_cap_starts_at_local_midnight_in_a_quarter_hour_timezone(sessions: sessionmaker[Session]) -> None:
     """Kathmandu is UTC+5:45: its midnight is 18:15 UTC. A send at 23:55 there belongs to the day before."""
     seeded = seed_campaign(sessions, 4, daily_cap=10, timezone="Asia/Kathmandu")
-    accepted = _accepted(sessions, seeded.campaign_id)
+    accepted = accepted_jobs(sessions, seeded.campaign_id)
     midnight = datetime(2026, 11, 24, 18, 15, tzinfo=UTC)
     with session_scope(sessions) as session:
         campaign = session.get_one(Campaign, seeded.campaign_id)
