@@ -142,13 +142,16 @@ def _record_sent(session: Session, accepted: Sequence[Accepted], sent_at: dateti
                            for a in accepted])
         session.execute(_SENT_FROM_JSON, {"sent_at": sent_at, "rows": rows, "quarter": send_quarter(sent_at)})
         return
+    # The status first, in one UPDATE that says which jobs it changed: it takes SQLite's write lock, so
+    # a second settling of the same jobs (another process) waits, then changes and counts none of them.
     unsent = {job_id: campaign_id for job_id, campaign_id in session.connection().execute(
-        select(EmailJob.id, EmailJob.campaign_id).where(among(session, EmailJob.id, [a.job_id for a in accepted]),
-                                                        EmailJob.status != JobStatus.SENT))}
+        update(EmailJob).where(among(session, EmailJob.id, [a.job_id for a in accepted]),
+                               EmailJob.status != JobStatus.SENT)
+        .values(status=JobStatus.SENT, sent_at=sent_at, last_error=None)
+        .returning(EmailJob.id, EmailJob.campaign_id))}
     if unsent:
         session.execute(update(EmailJob), [
-            {"id": a.job_id, "status": JobStatus.SENT, "sent_at": sent_at, "last_error": None,
-             "provider_message_id": a.provider_message_id, "message_id_header": a.message_id_header,
+            {"id": a.job_id, "provider_message_id": a.provider_message_id, "message_id_header": a.message_id_header,
              **({"subject": a.subject} if a.subject is not None else {}),
              **({"template_id": a.template_id} if a.template_id is not None else {})}
             for a in accepted if a.job_id in unsent])
