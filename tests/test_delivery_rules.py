@@ -486,20 +486,40 @@ def test_a_run_tries_a_campaign_whose_cap_is_spent_once(
     (with many small-cap campaigns, that was most of every claim)."""
     capped = seed_campaign(sessions, 3, daily_cap=1)
     seed_campaign(sessions, 5)
-    budget_reads: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "send_counts" in statement and statement.lstrip().upper().startswith("SELECT"):
-            budget_reads.append(statement)
-
-    engine = sessions.kw["bind"]
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        report = send(sessions, fake_postmark, policy=SendPolicy(batch_size=1, concurrency=1))
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    report, budget_reads = _send_counting_budget_reads(sessions, fake_postmark)
 
     assert report.sent == 6
     assert [status for _, _, status, _ in jobs(sessions, capped.campaign_id)].count(JobStatus.PENDING) == 2
     # The capped campaign twice (its one email, then found spent), the other once for each of its five.
-    assert len(budget_reads) == 7
+    assert budget_reads == 7
+
+
+def test_a_run_tries_a_campaign_waiting_on_its_send_gap_once(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    """With a gap, a campaign sends one email a run (the run's clock stands still); the run's later claims
+    do not lock and weigh it again."""
+    gapped = seed_campaign(sessions, 3, send_gap_seconds=60, sender_email="gap@sender.example")
+    seed_campaign(sessions, 5)
+    report, budget_reads = _send_counting_budget_reads(sessions, fake_postmark)
+
+    assert report.sent == 6
+    assert [status for _, _, status, _ in jobs(sessions, gapped.campaign_id)].count(JobStatus.PENDING) == 2
+    # The gapped campaign twice (its one email, then found waiting), the other once for each of its five.
+    assert budget_reads == 7
+
+
+def _send_counting_budget_reads(sessions: sessionmaker[Session], fake: FakePostmark) -> tuple[DispatchReport, int]:
+    """A run of one-email batches, and how many times it read a campaign's daily budget (once a try)."""
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "send_counts" in statement and statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        return send(sessions, fake, policy=SendPolicy(batch_size=1, concurrency=1)), len(reads)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

@@ -145,12 +145,15 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
 def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int,
                        claimed_at: datetime, default_from: str = "", spent: set[int] | None = None) -> list[int]:
     """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`.
-    The caller holds the campaign's row lock (claim_due_jobs). A campaign whose budget is spent joins `spent`."""
+    The caller holds the campaign's row lock (claim_due_jobs). A campaign whose budget is spent, or whose
+    sender's gap runs past `now`, joins `spent`."""
     sender = sender_address(campaign, default_from)
     budget = min(limit, remaining_today(session, campaign, now, default_from))
     pacing = _sender_pacing(session, campaign, sender) if campaign.send_gap_seconds > 0 else None
     if pacing is not None:
         if pacing.next_send_at is not None and pacing.next_send_at > now:
+            if spent is not None:  # `now` is the run's: the gap cannot end within the run
+                spent.add(campaign.id)
             return []
         budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the address's next
     if budget <= 0:
@@ -178,8 +181,8 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
     """Mark up to `limit` due, in-window, within-budget jobs of the first campaign that has some SENDING,
     claimed at `claimed_at` (the wall clock, which the lease runs from), and return their ids; [] when no
     campaign has any. `default_from` is the From of campaigns without one. `spent` (a run's, across its
-    claims) holds the campaigns found with nothing more to give today, their budget spent or no longer
-    ACTIVE: they are skipped, so a run's every claim does not try each capped campaign again."""
+    claims) holds the campaigns found with nothing more to give at `now`: budget spent, sender's gap not
+    over, or no longer ACTIVE. They are skipped, so a run's every claim does not try each again."""
     postgresql = is_postgresql(session)
     for campaign_id in campaigns_with_due_jobs(session, due_before):
         if spent is not None and campaign_id in spent:
