@@ -151,10 +151,9 @@ def _by_sender(session: Session, sender: str) -> Lead | None:
     return _single_owner_lead(session, Lead.email_key == sender) if "@" in sender else None
 
 
-def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str]) -> Lead | None:
+def match_reply(session: Session, payload: dict[str, Any], headers: dict[str, str], sender: str) -> Lead | None:
     """The lead a reply answers, by the most certain evidence first."""
-    return (_by_mailbox_hash(session, payload) or _by_thread(session, headers)
-            or _by_sender(session, sender_of(payload)))
+    return _by_mailbox_hash(session, payload) or _by_thread(session, headers) or _by_sender(session, sender)
 
 
 def colleague_lead(session: Session, sender: str) -> Lead | None:
@@ -188,12 +187,12 @@ def _who(lead: Lead, sender: str) -> str:
 
 def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
     """Record an inbound message against its lead and, when a person wrote it, stop the lead's sequence."""
-    headers = headers_of(payload)
-    lead = match_reply(session, payload, headers)
+    headers, sender = headers_of(payload), sender_of(payload)
+    lead = match_reply(session, payload, headers, sender)
     if lead is None:
-        return _from_colleague(session, payload)
+        return _from_colleague(session, sender)
     lead_id, opened = lead.id, lead.status in OPEN_STATUSES
-    who = _who(lead, sender_of(payload))
+    who = _who(lead, sender)
     if is_auto_reply(headers, str(payload.get("Subject") or "")):
         return Action(f"auto-reply for lead {lead_id} recorded{who}; sequence continues", lead_id=lead_id)
 
@@ -210,12 +209,11 @@ def handle_inbound(session: Session, payload: dict[str, Any]) -> Action:
     return Action(outcome(0), lead_id=lead_id, apply=record_reply)
 
 
-def _from_colleague(session: Session, payload: dict[str, Any]) -> Action:
+def _from_colleague(session: Session, sender: str) -> Action:
     """Mail from the company of a lead we wrote to, by nothing but its domain: recorded against that lead
     for a person to read, the sequence left running. The domain alone is weak evidence (a large company,
     an internet provider's domain missing from FREE_MAIL_DOMAINS): stopping on it could stop the wrong
     lead, while a reply to our email itself (its Reply-To, its thread) is matched above and stops."""
-    sender = sender_of(payload)
     lead = colleague_lead(session, sender)
     if lead is None:
         return Action(UNMATCHED)
