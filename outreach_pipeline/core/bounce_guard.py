@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.campaigns import campaign_counts, pause_campaign
 from outreach_pipeline.core.events import HARD_BOUNCE_TYPES, SOFT_BOUNCE_TYPES, bounces_of
+from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import Campaign, CampaignStatus, JobStatus, Lead, LeadStatus, WebhookEvent
 
 
@@ -55,10 +56,10 @@ def pause_bouncing_campaigns(session: Session, max_rate: float, min_sent: int) -
         rate = replace(rate, bounced=rate.bounced - soft_bounced_leads(session, campaign.id))
         if rate.rate > max_rate:
             # Read again under the campaign's lock: its owner may have paused or completed it meanwhile.
-            campaign = session.get_one(Campaign, campaign.id, with_for_update={"key_share": True},
-                                       populate_existing=True)
-            if campaign.status != CampaignStatus.ACTIVE:
+            locked = lock_campaign(session, campaign.id)
+            if locked is None or locked.status != CampaignStatus.ACTIVE:
                 continue
+            campaign = locked
             pause_campaign(session, campaign, reason=(
                 f"Paused automatically: {rate.bounced} of {rate.sent} emails hard-bounced "
                 f"({rate.rate:.1%}, above {max_rate:.0%}). Clean the lead list, then resume."))

@@ -31,6 +31,7 @@ from outreach_pipeline.core.openers import missing_opener_problems
 from outreach_pipeline.core.pacing import spread_overdue_jobs
 from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text
 from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignCount,
@@ -135,12 +136,11 @@ MAX_ROW_ID = 2**31 - 1  # ids are INTEGER columns: a larger one names no row (Po
 
 
 def get_campaign(session: Session, owner_id: int, campaign_id: int, *, lock: bool = False) -> Campaign:
-    """The owner's campaign. `lock` holds its row until commit (FOR NO KEY UPDATE on PostgreSQL), so status changes
-    that check then change the status run one at a time: two launches at once are one launch and a 409."""
+    """The owner's campaign. `lock` holds its row until commit (db/locks.py), so status changes that check
+    then change the status run one at a time: two launches at once are one launch and a 409."""
     if not 0 < campaign_id <= MAX_ROW_ID:
         raise NotFoundError(f"Campaign {campaign_id} not found.")
-    campaign = session.get(Campaign, campaign_id, with_for_update={"key_share": True} if lock else None,
-                           populate_existing=lock)
+    campaign = lock_campaign(session, campaign_id) if lock else session.get(Campaign, campaign_id)
     if campaign is None or campaign.owner_id != owner_id:
         raise NotFoundError(f"Campaign {campaign_id} not found.")
     return campaign

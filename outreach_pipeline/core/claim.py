@@ -1,10 +1,11 @@
 """Taking due jobs to send: the sending window, the daily caps and the gap, then one atomic claim.
 
 Order per run: jobs outside their window are moved to its next opening (so they are not claimed
-and not counted again), then each active campaign with due jobs claims what its budget allows,
-follow-ups before first emails. On PostgreSQL the campaign row (and its sender's cap row) is locked
-for the claim transaction so concurrent senders never both spend the same budget, and the jobs
-themselves are taken with FOR UPDATE SKIP LOCKED so they never take the same job.
+and not counted again), then each claim takes, from the first active campaign with due jobs that has
+something to give, what its budget allows, follow-ups before first emails. On PostgreSQL the campaign
+row (and its sender's cap row) is locked for the claim transaction so concurrent senders never both
+spend the same budget, and the jobs themselves are taken with FOR UPDATE SKIP LOCKED so they never
+take the same job.
 
 Two clocks: `now` schedules (windows, daily caps, the gap) and may be any moment a run is asked to act at;
 `claimed_at` is the wall clock when the claim was made, which the lease is measured from, and doubles as
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.schedule_window import SendingWindow, local_day_start, next_opening, zone_or_utc
 from outreach_pipeline.db.dialect import among, insert_ignoring_conflicts, is_postgresql
+from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
@@ -103,7 +105,8 @@ def remaining_today(session: Session, campaign: Campaign, now: datetime, default
     left = campaign.daily_cap - _used_today(session, since, lambda campaign_id: campaign_id == campaign.id)
     sender = sender_address(campaign, default_from)
     # Locked on PostgreSQL until the claim commits (SQLite takes no row locks): claims of campaigns sharing
-    # the address take turns with its budget. Taken after the campaign's own lock, as every claim does.
+    # the address take turns with its budget. Taken under the campaign's own lock, in the savepoint that
+    # claim_due_jobs releases when the campaign gives nothing: a claim holds one campaign's locks at most.
     cap = session.connection().scalar(
         select(SenderLimit.daily_cap).where(SenderLimit.email == sender).with_for_update()) if sender else None
     if cap is not None:
@@ -143,22 +146,17 @@ def _claim_step(session: Session, campaign_id: int, due_before: datetime, claime
 
 
 def claim_for_campaign(session: Session, campaign: Campaign, due_before: datetime, now: datetime, limit: int,
-                       claimed_at: datetime, default_from: str = "", spent: set[int] | None = None) -> list[int]:
+                       claimed_at: datetime, default_from: str = "") -> list[int]:
     """Claim up to `limit` due jobs of one campaign within its budget, follow-ups first, stamped `claimed_at`.
-    The caller holds the campaign's row lock (claim_due_jobs). A campaign whose budget is spent, or whose
-    sender's gap runs past `now`, joins `spent`."""
+    The caller holds the campaign's row lock (claim_due_jobs)."""
     sender = sender_address(campaign, default_from)
     budget = min(limit, remaining_today(session, campaign, now, default_from))
     pacing = _sender_pacing(session, campaign, sender) if campaign.send_gap_seconds > 0 else None
     if pacing is not None:
         if pacing.next_send_at is not None and pacing.next_send_at > now:
-            if spent is not None:  # `now` is the run's: the gap cannot end within the run
-                spent.add(campaign.id)
             return []
         budget = min(budget, 1)  # one email, then a random pause of gap..2*gap before the address's next
     if budget <= 0:
-        if spent is not None:
-            spent.add(campaign.id)
         return []
     claimed = _claim_step(session, campaign.id, due_before, claimed_at, True, budget)
     if len(claimed) < budget:
@@ -181,8 +179,8 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
     """Mark up to `limit` due, in-window, within-budget jobs of the first campaign that has some SENDING,
     claimed at `claimed_at` (the wall clock, which the lease runs from), and return their ids; [] when no
     campaign has any. `default_from` is the From of campaigns without one. `spent` (a run's, across its
-    claims) holds the campaigns found with nothing more to give at `now`: budget spent, sender's gap not
-    over, or no longer ACTIVE. They are skipped, so a run's every claim does not try each again."""
+    claims) holds the campaigns found with nothing to give: they are skipped, so a run's every claim does
+    not try each again."""
     postgresql = is_postgresql(session)
     for campaign_id in campaigns_with_due_jobs(session, due_before):
         if spent is not None and campaign_id in spent:
@@ -192,21 +190,19 @@ def claim_due_jobs(session: Session, due_before: datetime, limit: int, now: date
         # two campaigns' locks, and two claims whose campaigns share a sender cannot wait on each other.
         # SQLite has no row locks (and one writer at a time): no savepoint needed.
         savepoint = session.begin_nested() if postgresql else None
-        # Loaded and locked in one statement: claims of one campaign take turns with its budget. NO KEY
-        # UPDATE, so rows inserted for the campaign meanwhile (jobs, send counts) never wait on it.
-        campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True},
-                                   populate_existing=True)
-        # Read again under the lock: a pause committed while we waited for it must hold.
-        if campaign.status == CampaignStatus.ACTIVE:
-            claimed = claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from, spent)
-        else:
-            claimed = []
-            if spent is not None:
-                spent.add(campaign_id)
+        # Loaded and locked in one statement (db/locks.py): claims of one campaign take turns with its budget,
+        # and a pause committed while we waited for the lock holds.
+        campaign = lock_campaign(session, campaign_id)
+        claimed = (claim_for_campaign(session, campaign, due_before, now, limit, claimed_at, default_from)
+                   if campaign is not None and campaign.status == CampaignStatus.ACTIVE else [])
         if claimed:
             if savepoint is not None:
                 savepoint.commit()
             return claimed
+        if spent is not None:
+            # Nothing to give, and nothing will be within the run: its budget is spent, its sender's gap runs
+            # past the run's `now`, it is no longer ACTIVE, or its due jobs went to another claim.
+            spent.add(campaign_id)
         if savepoint is not None:
             savepoint.rollback()
     return []

@@ -37,6 +37,7 @@ from outreach_pipeline.core.suppression import suppress, suppressed_among
 from outreach_pipeline.core.templates import choose_variant
 from outreach_pipeline.db.base import utcnow
 from outreach_pipeline.db.dialect import among
+from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import Campaign, CampaignStatus, EmailJob, JobStatus, Lead, LeadStatus, Template
 from outreach_pipeline.db.session import session_scope
 from outreach_pipeline.mail.message import (
@@ -283,8 +284,8 @@ _OUR_SIDE = (SendOutcome.SENDER_REFUSED, SendOutcome.ACCOUNT_REFUSED)
 
 
 def _pause_for_sender(session: Session, campaign_id: int, result: SendResult) -> None:
-    campaign = session.get_one(Campaign, campaign_id, with_for_update={"key_share": True})
-    if campaign.status == CampaignStatus.ACTIVE:  # a batch in flight may have paused it already
+    campaign = lock_campaign(session, campaign_id)
+    if campaign is not None and campaign.status == CampaignStatus.ACTIVE:  # a batch in flight may have paused it already
         pause_campaign(session, campaign, reason=(
             f"Paused automatically: the mail provider refused this campaign's sender ([{result.error_code}] "
             f"{result.error}). Fix the sender address (a confirmed sender signature), then resume."))
@@ -512,8 +513,9 @@ def dispatch_due(
 ) -> DispatchReport:
     """Send every job due before `due_before`, until none is left, the caps are spent or the provider fails.
 
-    Raises MailerAccountError (every unsent job back to PENDING) when the provider refuses the account or
-    the sender, whether for the whole batch or message by message.
+    Raises MailerAccountError (every unsent job back to PENDING) when the provider refuses the account,
+    whether for the whole batch or message by message. A refused sender pauses its own campaign instead
+    (its jobs back to PENDING), and the run goes on with the others.
     """
     policy = policy or SendPolicy(batch_size=batch_size)
     now = now or utcnow()

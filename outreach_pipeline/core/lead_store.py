@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
-from outreach_pipeline.db.models import Campaign, Lead, LeadStatus, Suppression
+from outreach_pipeline.db.locks import lock_campaign
+from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
 
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
@@ -85,7 +86,7 @@ def lead_store_for(session: Session, target: StoreTarget) -> LeadStore:
     deleted under the import, and its status from changing before the import commits. The campaign is read
     again under the lock (the session's own object, refreshed): a launch that committed while the import
     waited must be seen, or the new leads would get no first email."""
-    session.get(Campaign, target.campaign_id, with_for_update={"key_share": True}, populate_existing=True)
+    lock_campaign(session, target.campaign_id)
     return PostgresLeadStore(session, target) if is_postgresql(session) else PortableLeadStore(session, target)
 
 
