@@ -3,6 +3,7 @@ hard-bounce guard that pauses a campaign (an asset check on `email_sends`, run b
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from email.utils import parseaddr
@@ -17,9 +18,11 @@ from outreach_pipeline.assets.sends import email_sends, send_partitions
 from outreach_pipeline.core.bounce_guard import pause_bouncing_campaigns
 from outreach_pipeline.core.campaigns import (
     UNRENDERED,
+    CampaignCreate,
     StepSpec,
     campaign_counts,
     campaign_stats,
+    create_campaign,
     fold_campaign_counts,
     pause_campaign,
     resume_campaign,
@@ -30,6 +33,7 @@ from outreach_pipeline.core.events import (
     handle_postmark_events,
     unsubscribe_by_token,
 )
+from outreach_pipeline.core.leads import add_leads, import_leads_csv
 from outreach_pipeline.core.suppression import is_suppressed, suppress
 from outreach_pipeline.db.models import (
     Campaign,
@@ -41,6 +45,7 @@ from outreach_pipeline.db.models import (
     LeadStatus,
     Suppression,
     Template,
+    User,
     WebhookEvent,
 )
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
@@ -522,3 +527,32 @@ def test_the_counted_stats_equal_a_plain_recount_through_sends_signals_pauses_an
         rows = session.scalar(select(func.count()).select_from(CampaignCount)
                               .where(CampaignCount.campaign_id == campaign_id))
         assert rows == len(campaign_counts(session, campaign_id))  # one row per key after a fold
+
+
+def test_imported_leads_and_leads_added_otherwise_are_each_counted_once(sessions: sessionmaker[Session]) -> None:
+    """On PostgreSQL an import counts its COPYed rows itself, with the insert trigger switched off around the
+    COPY (migration 0013); a lead inserted any other way is still counted by the trigger, with its status."""
+    with session_scope(sessions) as session:
+        user = User(email="counts@example.com")
+        session.add(user)
+        session.flush()
+        campaign_id = create_campaign(session, user.id, CampaignCreate(name="Counted")).id
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        report = import_leads_csv(session, campaign, io.BytesIO(
+            b"email,first_name,city\na@x.example,Ann,Oslo\nnot-an-address,Bob,Rome\nc@x.example,Cy,\n"), source="test")
+        assert (report.stored, report.rejected) == (2, 1)
+        assert add_leads(session, campaign, [{"email": "d@x.example"}]).stored == 1
+    with session_scope(sessions) as session:
+        session.add(Lead(campaign_id=campaign_id, email="e@x.example", email_key="e@x.example",
+                         status=LeadStatus.UNSUBSCRIBED, reply_token="e" * 32))
+    with session_scope(sessions) as session:
+        counted = _counted(session, campaign_id)
+        assert counted["leads"] == {"PENDING": 3, "UNSUBSCRIBED": 1}
+        assert counted == _recount(session, campaign_id)
+        custom = session.scalars(select(Lead.custom_fields).where(Lead.campaign_id == campaign_id)
+                                 .order_by(Lead.email_key)).all()
+        assert custom == [{"city": "Oslo"}, {}, {}, {}]
+        # The import's rows got the columns' defaults: PENDING, and a time.
+        assert all(created is not None for created in session.scalars(
+            select(Lead.created_at).where(Lead.campaign_id == campaign_id)))
