@@ -414,3 +414,17 @@ def test_a_schema_check_that_breaks_fails_loudly_instead_of_passing_every_row() 
 
     with pytest.raises(SchemaCheckError, match="broken"):
         failure_reasons(errors.value.failure_cases)
+
+
+def test_lengths_are_counted_in_characters_not_bytes(door: Door) -> None:
+    """The length rules read a column's byte sizes first and count characters only when some cell has more
+    bytes than the limit allows characters: a 200-letter accented name (400 bytes) is at the limit."""
+    cid = door.campaign()
+    at_limit, over_limit = "é" * 200, "é" * 201
+    data = f"email,first_name,title\nann@one.example,{at_limit},{'ü' * 300}\nbo@two.example,{over_limit},\n"
+
+    outcome = door.send(cid, _name("accents"), data.encode())
+
+    assert outcome.counts["stored"] == 1
+    assert outcome.rejects == [["line", "email", "reason"], ["3", "bo@two.example", "too long: first_name"]]
+    assert door.leads(cid)["ann@one.example"]["first_name"] == at_limit

@@ -206,9 +206,10 @@ def custom_fields_json(rows: pd.DataFrame, custom: list[str]) -> pa.Array:
         value = _escaped(pa.array(rows[name], pa.large_string()))
         # A null value makes a null member, which the join below leaves out.
         members.append(pc.binary_join_element_wise(_text(f',"{name}":"'), value, _text('"'), _text("")))
-    joined = pc.binary_join_element_wise(*members, _text(""), null_handling="replace", null_replacement="")
-    # Drop the first member's leading comma.
-    return pc.binary_join_element_wise(_text("{"), pc.utf8_slice_codeunits(joined, 1), _text("}"), _text(""))
+    joined = pc.binary_join_element_wise(_text("{"), *members, _text("}"), _text(""), null_handling="replace",
+                                         null_replacement="")
+    # The first member's leading comma goes: one replacement near the start of each row.
+    return pc.replace_substring(joined, "{,", "{", max_replacements=1)
 
 
 def _escaped(value: pa.Array) -> pa.Array:
@@ -219,15 +220,10 @@ def _escaped(value: pa.Array) -> pa.Array:
         return value
     ends = np.frombuffer(offsets, dtype=np.int64)[value.offset:value.offset + len(value) + 1]
     text = np.frombuffer(data, dtype=np.uint8)[ends[0]:ends[-1]]
-    present = set(np.unique(text[_NEEDS_ESCAPE[text]]).tobytes().decode())
     for raw, escaped in _JSON_ESCAPES:
-        if raw in present:
+        if (text == ord(raw)).any():
             value = pc.replace_substring(value, raw, escaped)
     return value
-
-
-_NEEDS_ESCAPE = np.zeros(256, dtype=bool)
-_NEEDS_ESCAPE[[ord(raw) for raw, _ in _JSON_ESCAPES]] = True
 
 
 def _copy_data(table: pa.Table) -> memoryview:

@@ -252,7 +252,8 @@ class _SeenKeys:
         if len(hashes):
             self.runs.append(np.sort(hashes))
         if len(self.runs) > self.MERGE_AFTER:
-            self.runs = [np.sort(np.concatenate(self.runs))]
+            # Stable sort is timsort here, which merges the sorted runs: several times faster than quicksort.
+            self.runs = [np.sort(np.concatenate(self.runs), kind="stable")]
 
 
 class _RowChecker:
@@ -268,7 +269,7 @@ class _RowChecker:
         reasons = _schema_reasons(frame)
         refused += [(line, frame.at[line, "email"], reason) for line, reason in reasons.items()]
         # Dropping or filtering nothing would still copy the frame; `assign` below copies it anyway.
-        valid = frame.drop(index=list(reasons)) if reasons else frame
+        valid = frame[~frame.index.isin(list(reasons))] if reasons else frame
 
         keys = valid["email"].str.lower()
         hashes = np.fromiter(map(hash, keys.to_numpy(dtype=object)), dtype=np.int64, count=len(keys))
