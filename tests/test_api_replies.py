@@ -73,12 +73,14 @@ def test_inbound_mail_posted_to_the_single_webhook_url_is_a_reply(
     """Postmark's inbound webhook carries no RecordType; the single URL must still see a reply in it."""
     _sent_campaign(client, auth_headers)
     ada = _lead(client, "ada@one.example")
-    reply = _reply("ada@one.example", mailbox_hash=ada.reply_token)
+    # From a stranger, so only the hash can match; upper-cased, as some mail systems pass it on.
+    reply = _reply("stranger@nowhere.example", mailbox_hash=ada.reply_token.upper())
     assert "RecordType" not in reply
 
     result = _post(client, "", reply)
 
-    assert result["outcome"] == f"lead {ada.id} replied; 1 pending job(s) skipped"
+    assert result["outcome"] == (f"lead {ada.id} replied (from another address, stranger@nowhere.example); "
+                                 "1 pending job(s) skipped")
     assert _stopped(client, "ada@one.example")
     assert _event(client, reply["MessageID"]).record_type == "Inbound"
 
@@ -217,15 +219,16 @@ def test_an_unmatched_reply_is_kept_for_review(client: TestClient[Any], auth_hea
         _reply("stranger@nowhere.example"),
         _reply("stranger@nowhere.example", mailbox_hash="not-a-token",
                headers={"In-Reply-To": "<never-sent@elsewhere.example>"}),
+        _reply("stranger@nowhere.example", mailbox_hash="g" * 32),  # token-sized, but no uuid
         _reply("ada@one.example", mailbox_hash="x" * 500),  # a hash no token can have; sender still matches
     ]
     outcomes = [_post(client, "/inbound", payload)["outcome"] for payload in cases]
 
-    assert outcomes[:2] == [UNMATCHED, UNMATCHED]
-    for payload in cases[:2]:
+    assert outcomes[:3] == [UNMATCHED, UNMATCHED, UNMATCHED]
+    for payload in cases[:3]:
         event = _event(client, payload["MessageID"])
         assert (event.lead_id, event.outcome, event.payload["From"]) == (None, UNMATCHED, "stranger@nowhere.example")
-    assert outcomes[2].startswith("lead ")
+    assert outcomes[3].startswith("lead ")
     assert not _stopped(client, "bo@two.example")
 
 

@@ -366,10 +366,13 @@ def test_the_unsubscribe_page_asks_first_and_changes_nothing(
     assert _jobs(client, ada.id)[1].status == JobStatus.PENDING
     assert _suppressions(client) == []
 
-    for answer in (client.get("/unsubscribe/not-a-token"), client.post("/unsubscribe/not-a-token")):
-        assert answer.status_code == 404
-        assert "This unsubscribe link is not valid." in answer.text
+    for token in ("not-a-token", "0" * 31, "0" * 33, "g" * 32, ada.reply_token[:-1] + "-"):
+        for answer in (client.get(f"/unsubscribe/{token}"), client.post(f"/unsubscribe/{token}")):
+            assert answer.status_code == 404
+            assert "This unsubscribe link is not valid." in answer.text
     assert _suppressions(client) == []
+    # A mail client that upper-cases the link still finds the lead.
+    assert client.get(f"/unsubscribe/{ada.reply_token.upper()}").status_code == 200
 
 
 def test_post_unsubscribes_and_suppresses_the_address_for_the_owner(

@@ -4,6 +4,7 @@ pre-flight and suppression rules that decide whether it goes at all."""
 from __future__ import annotations
 
 import html
+import secrets
 import time
 
 from collections.abc import Iterator
@@ -176,7 +177,7 @@ def test_launch_names_the_leads_that_lack_a_custom_field_a_template_needs(sessio
         campaign = create_campaign(session, owner.id, CampaignCreate(name="Custom", sender_email="a@b.example"))
         for n, fields in enumerate([{"industry": "freight"}, {"industry": ""}, {}]):
             session.add(Lead(campaign_id=campaign.id, email=f"l{n}@x.example", email_key=f"l{n}@x.example",
-                             custom_fields=fields, reply_token=f"tok{n}"))
+                             custom_fields=fields, reply_token=secrets.token_hex(16)))
         session.flush()
         save_template(session, campaign, TemplateInput(step_number=1, subject="About {{industry}}",
                                                        body="Hi {{first_name|there}}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def seed_campaign(sessions: sessionmaker[Session], leads: int, *, owner_email: s
         session.execute(insert(Lead), [
             {"campaign_id": campaign.id, "email": f"lead{n}@c{campaign.id}.example",
              "email_key": f"lead{n}@c{campaign.id}.example", "first_name": f"L{n}", "company": "Acme",
-             "custom_fields": {}, "reply_token": f"t{campaign.id}x{n}"} for n in range(leads)])
+             "custom_fields": {}, "reply_token": secrets.token_hex(16)} for n in range(leads)])
         for step in campaign.steps:
             save_template(session, campaign, TemplateInput(step_number=step.number, subject="Hello {{company}}",
                                                            body="Hi {{first_name|there}}, step %d." % step.number))

@@ -3,6 +3,7 @@ resume; and how each Postmark answer is handled. Real databases, real postmarker
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -157,7 +158,7 @@ def test_follow_ups_go_before_first_emails_when_the_cap_is_tight(
         # Three new leads arrive and the follow-ups fall due; only two more emails fit today.
         for n in range(3):
             session.add(Lead(campaign_id=campaign.id, email=f"new{n}@x.example", email_key=f"new{n}@x.example",
-                             first_name="N", company="Acme", custom_fields={}, reply_token=f"new{n}x{campaign.id}"))
+                             first_name="N", company="Acme", custom_fields={}, reply_token=secrets.token_hex(16)))
         session.flush()
         schedule_first_jobs(session, campaign, datetime.now(UTC) - timedelta(minutes=5))
         session.execute(update(EmailJob).where(EmailJob.step_number == 2)

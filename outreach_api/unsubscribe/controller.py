@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.events import unsubscribe_by_token
-from outreach_pipeline.db.models import Lead
+from outreach_pipeline.db.models import Lead, holds_reply_token
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">{body}</body></html>"""
@@ -30,7 +30,7 @@ class UnsubscribeController(Controller):
 
     @get("/{token:str}", sync_to_thread=True)
     def confirm_page(self, token: str, db: Session) -> Response[str]:
-        if db.scalar(select(Lead.id).where(Lead.reply_token == token)) is None:
+        if db.scalar(select(Lead.id).where(holds_reply_token(token))) is None:
             return _page("Link not found", "<p>This unsubscribe link is not valid.</p>", HTTP_404_NOT_FOUND)
         return _page("Unsubscribe", f'<p>Stop receiving these emails?</p><form method="post" '
                      f'action="/unsubscribe/{html.escape(token)}"><button type="submit">Unsubscribe</button></form>')

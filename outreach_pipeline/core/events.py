@@ -37,6 +37,7 @@ from outreach_pipeline.db.models import (
     Lead,
     LeadStatus,
     WebhookEvent,
+    holds_reply_token,
 )
 
 log = logging.getLogger(__name__)
@@ -504,7 +505,7 @@ def handle_postmark_event(session: Session, payload: dict[str, Any], default_typ
 
 def unsubscribe_by_token(session: Session, reply_token: str) -> Lead | None:
     """The lead behind an unsubscribe link stops receiving mail from its owner, in every campaign."""
-    lead = session.scalar(select(Lead).where(Lead.reply_token == reply_token))
+    lead = session.scalar(select(Lead).where(holds_reply_token(reply_token)))
     if lead is None:
         return None
     if lead.status in (LeadStatus.PENDING, LeadStatus.CONTACTED, LeadStatus.REPLIED):

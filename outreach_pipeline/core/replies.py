@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.events import Action
 from outreach_pipeline.core.stops import skip_pending_jobs
-from outreach_pipeline.db.base import utcnow
+from outreach_pipeline.db.base import as_token, utcnow
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignStatus,
     EmailJob,
     Lead,
     LeadStatus,
+    holds_reply_token,
 )
 
 UNMATCHED = "reply matched no lead; kept for review"
@@ -112,10 +113,10 @@ def sender_of(payload: dict[str, Any]) -> str:
 
 def _by_mailbox_hash(session: Session, payload: dict[str, Any]) -> Lead | None:
     token = str(payload.get("MailboxHash") or "")
-    # Reply tokens are at most 32 characters; anything longer cannot match and is not worth a query.
-    if not token or len(token) > 32:
+    # Text that is not a token cannot match and is not worth a query.
+    if as_token(token) is None:
         return None
-    return session.scalar(select(Lead).where(Lead.reply_token == token))
+    return session.scalar(select(Lead).where(holds_reply_token(token)))
 
 
 def _by_thread(session: Session, headers: dict[str, str]) -> Lead | None:

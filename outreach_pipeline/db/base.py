@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
+from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -39,6 +41,39 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def as_token(value: str) -> str | None:
+    """`value` as a 128-bit token (32 lower-case hex digits), or None when it is not one."""
+    return value.lower() if _TOKEN.fullmatch(value) else None
+
+
+class HexToken(TypeDecorator[str]):
+    """A 128-bit token, 32 hex digits in Python. PostgreSQL keeps it as a uuid: 16 bytes compared as bytes,
+    where text cost an import a tenth of its database time in the unique index (the digits are read the
+    same without dashes); other databases keep the 32 digits. Compare with `as_token` first: PostgreSQL
+    refuses text that is not a uuid with an error, not a miss."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Uuid(as_uuid=False))
+        return dialect.type_descriptor(String(32))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        token = as_token(value)
+        if token is None:
+            raise ValueError(f"not a 32-digit hex token: {value!r}")
+        return token
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else value.replace("-", "")
 
 
 class Base(DeclarativeBase):

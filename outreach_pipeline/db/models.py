@@ -17,12 +17,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from outreach_pipeline.db.base import Base, JsonType, utcnow
+from outreach_pipeline.db.base import Base, HexToken, JsonType, as_token, utcnow
 
 
 class CampaignStatus(StrEnum):
@@ -175,12 +176,19 @@ class Lead(Base):
     custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # PostgreSQL also has server defaults for these two, which an import's COPY leaves to it (migration 0013).
     status: Mapped[LeadStatus] = mapped_column(_enum(LeadStatus), default=LeadStatus.PENDING)
-    reply_token: Mapped[str] = mapped_column(String(32), unique=True)
+    reply_token: Mapped[str] = mapped_column(HexToken, unique=True)  # a uuid on PostgreSQL (migration 0013)
     import_id: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     replied_at: Mapped[datetime | None]
 
     campaign: Mapped[Campaign] = relationship(primaryjoin="Campaign.id == foreign(Lead.campaign_id)")
+
+
+
+def holds_reply_token(token: str) -> ColumnElement[bool]:
+    """The lead whose reply token `token` is (in any case of its hex digits); none for text that is no token."""
+    normal = as_token(token)
+    return Lead.reply_token == normal if normal is not None else false()
 
 
 class Template(Base):

@@ -1,16 +1,17 @@
-"""leads cheaper to import on PostgreSQL: custom fields as json, status and created_at defaults, and lead
-counters that an import keeps itself
+"""leads cheaper to import on PostgreSQL: custom fields as json, reply tokens as uuid, status and
+created_at defaults, and lead counters that an import keeps itself
 
 Measured on 1M leads COPYed into `leads` (backend CPU): parsing the custom fields into JSONB cost 2.6 s of
 12.2 s, where json only checks the text; sending status and time with every row instead of defaults cost
 1.0 s; the counters' statement trigger 1.5 s, most of it capturing every new row into its transition
-table. The insert trigger becomes a row trigger that an import's COPY switches off (the setting
+table; the reply tokens' unique index 0.6-1.2 s as text and nothing measurable as uuid (the same 128 bits,
+16 bytes compared as bytes; PostgreSQL reads the 32 digits without dashes). The insert trigger becomes a row trigger that an import's COPY switches off (the setting
 `outreach.leads_counted`, local to its transaction) while it counts its rows into campaign_counts itself;
 any other insert is still counted, row by row. Nothing reads custom fields in a way only JSONB can serve
 (key lookups work on json too). SQLite is left as it is: its store sends every column and its row
 triggers stay.
 
-Upgrading rewrites `leads` once (the type change): on a large database, run it between imports.
+Upgrading rewrites `leads` once (the type changes): on a large database, run it between imports.
 
 Revision ID: 0013_leads_cheaper_to_import
 Revises: 0012_send_counts
@@ -34,7 +35,11 @@ SETTING = "outreach.leads_counted"
 def upgrade() -> None:
     if op.get_bind().dialect.name != 'postgresql':
         return
-    op.execute("ALTER TABLE leads ALTER COLUMN custom_fields TYPE json USING custom_fields::json")
+    # One rewrite for both. Every token we made is 32 hex digits; anything else (none expected) is replaced by
+    # its md5, so the upgrade cannot fail on it.
+    op.execute("""ALTER TABLE leads ALTER COLUMN custom_fields TYPE json USING custom_fields::json,
+        ALTER COLUMN reply_token TYPE uuid USING (CASE WHEN reply_token ~ '^[0-9a-fA-F]{32}$'
+            THEN reply_token ELSE md5(reply_token) END)::uuid""")
     op.execute("ALTER TABLE leads ALTER COLUMN status SET DEFAULT 'PENDING'")
     op.execute("ALTER TABLE leads ALTER COLUMN created_at SET DEFAULT CURRENT_TIMESTAMP")
     op.execute("DROP TRIGGER leads_count_insert ON leads")
@@ -62,4 +67,5 @@ def downgrade() -> None:
         FOR EACH STATEMENT EXECUTE FUNCTION leads_count_insert()""")
     op.execute("ALTER TABLE leads ALTER COLUMN created_at DROP DEFAULT")
     op.execute("ALTER TABLE leads ALTER COLUMN status DROP DEFAULT")
-    op.execute("ALTER TABLE leads ALTER COLUMN custom_fields TYPE jsonb USING custom_fields::jsonb")
+    op.execute("""ALTER TABLE leads ALTER COLUMN custom_fields TYPE jsonb USING custom_fields::jsonb,
+        ALTER COLUMN reply_token TYPE varchar(32) USING replace(reply_token::text, '-', '')""")
