@@ -43,8 +43,8 @@ def insert_leads(session: Session, campaign_id: int, count: int) -> None:
     session.execute(text(
         "INSERT INTO leads (campaign_id, email, email_key, first_name, company, custom_fields, status, "
         "reply_token, created_at) SELECT :c, 'lead' || n || '@c' || :c || '.example', "
-        "'lead' || n || '@c' || :c || '.example', 'Lead' || n, 'Company ' || n, '{}'::jsonb, 'PENDING', "
-        "md5(:c || '-' || n), now() FROM generate_series(1, :count) AS n"), {"c": campaign_id, "count": count})
+        "'lead' || n || '@c' || :c || '.example', 'Lead' || n, 'Company ' || n, '{}', 'PENDING', "
+        "md5(:c || '-' || n)::uuid, now() FROM generate_series(1, :count) AS n"), {"c": campaign_id, "count": count})
 
 
 def ready_campaign(sessions: sessionmaker[Session], leads: int) -> int:

@@ -50,7 +50,7 @@ BUILD = [
     """INSERT INTO leads (campaign_id, email, email_key, custom_fields, status, reply_token, created_at)
        SELECT :campaign, 'lead' || n || '@bench.example', 'lead' || n || '@bench.example', '{}',
               CASE WHEN n % 50 = 0 THEN 'REPLIED' WHEN n % 40 = 1 THEN 'BOUNCED' ELSE 'CONTACTED' END,
-              md5(:campaign || '-' || n), now()
+              md5(:campaign || '-' || n)::uuid, now()
        FROM generate_series(1, :leads) n""",
     # Step 1 sent through variant A or B (90% delivered); step 2 pending, or skipped for stopped leads.
     """INSERT INTO email_jobs (campaign_id, lead_id, step_number, template_id, due_at, status, attempts,

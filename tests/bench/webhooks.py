@@ -80,7 +80,7 @@ def seed(database_url: str, jobs: int) -> list[str]:
         connection.execute(insert(CampaignStep).values(campaign_id=campaign, number=1, delay_days=0))
         lead_rows = [{"campaign_id": campaign, "email": f"lead{n}@prospect{n % 997}.example",
                       "email_key": f"lead{n}@prospect{n % 997}.example", "status": LeadStatus.CONTACTED,
-                      "reply_token": secrets.token_hex(12), "custom_fields": {}} for n in range(jobs)]
+                      "reply_token": secrets.token_hex(16), "custom_fields": {}} for n in range(jobs)]
         connection.execute(insert(Lead), lead_rows)
         lead_ids = connection.execute(select(Lead.id).where(Lead.campaign_id == campaign).order_by(Lead.id)).scalars()
         connection.execute(insert(EmailJob), [
