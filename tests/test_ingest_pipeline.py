@@ -318,3 +318,22 @@ def test_custom_fields_keep_their_values_and_drop_empty_cells_on_both_databases(
         "bo@two.example": {"note": "two\nlines"},
         "cy@three.example": {},
     }
+
+
+def test_backslashes_tabs_and_copy_markers_come_back_as_written_on_both_databases(
+    sessions: sessionmaker[Session], campaign_id: int
+) -> None:
+    """PostgreSQL gets the rows in COPY's text format, where a backslash starts an escape, \\N is NULL and
+    a line holding only \\. ends the data: values holding them must land unchanged."""
+    data = ('email,first_name,company,note,path\n'
+            'ann@one.example,\\N,Back\\slash & Co,"a\ttab \\t and \\n",C:\\temp\\new\n'
+            'bo@two.example,Bo,\\.,\\.,"\\"""\n').encode()
+    with session_scope(sessions) as session:
+        assert import_leads_csv(session, session.get_one(Campaign, campaign_id), io.BytesIO(data), "api").stored == 2
+    with session_scope(sessions) as session:
+        leads = {lead.email: lead for lead in session.scalars(select(Lead))}
+        assert (leads["ann@one.example"].first_name, leads["ann@one.example"].company) == ("\\N", "Back\\slash & Co")
+        assert leads["ann@one.example"].custom_fields == {"note": "a\ttab \\t and \\n", "path": "C:\\temp\\new"}
+        assert (leads["bo@two.example"].company, leads["bo@two.example"].custom_fields) == (
+            "\\.", {"note": "\\.", "path": '\\"'})
+        assert leads["bo@two.example"].last_name is None  # a missing value is NULL, not the text \N
