@@ -45,13 +45,14 @@ def _read(data: bytes, chunk_rows: int = 7) -> tuple[pd.DataFrame, list[tuple[in
     for batch in _file_batches(io.BytesIO(data), chunk_rows):
         frames.append(batch.frame)
         too_wide += batch.too_wide
-    return pd.concat(frames), too_wide
+    return pd.concat([frame for frame in frames if len(frame)]), too_wide
 
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
-    """Blocks of BLOCK_BYTES; yields, per block, whether pyarrow read it."""
+    """Blocks of BLOCK_BYTES, halved down to 40 bytes; yields, per block or piece, whether pyarrow read it."""
     monkeypatch.setattr(lead_file, "BYTE_BLOCK_BYTES", BLOCK_BYTES)
+    monkeypatch.setattr(lead_file, "MIN_SPLIT_BYTES", 40)
     read_by_arrow: list[bool] = []
     arrow_table = lead_file._arrow_table
 
@@ -147,3 +148,39 @@ def test_a_long_line_under_the_limit_is_read_by_the_csv_module(small_blocks: lis
 
     assert frame.at[22, "company"] == note
     assert frame["email"][23] == "lead20@acme.example"
+
+
+def test_one_odd_line_leaves_a_small_piece_to_the_csv_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lead_file, "MIN_SPLIT_BYTES", 256)
+    lines_read_by_csv: list[int] = []
+    bounded_lines = lead_file._bounded_lines
+
+    def spied(block: lead_file._Block) -> Iterator[list[str]]:
+        lines_read_by_csv.append(block.lines)
+        return bounded_lines(block)
+
+    monkeypatch.setattr(lead_file, "_bounded_lines", spied)
+    # 500 rows in one block, a note spanning two lines and a blank line at the end.
+    rows = _regular(0, 100) + ['note@acme.example,Note,"two\nlines"'] + _regular(100, 400)
+    data = ("email,first_name,company\n" + "\n".join(rows) + "\n\n").encode()
+
+    frame, _ = _read(data, chunk_rows=10_000)
+
+    assert len(frame) == 501 and frame.index[-1] == 503
+    assert frame.at[102, "company"] == "two\nlines" and frame["email"][104] == "lead100@acme.example"
+    assert 0 < sum(lines_read_by_csv) < 40  # of 503
+
+
+def test_a_file_with_odd_lines_everywhere_is_read_the_same(small_blocks: list[bool],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A note spanning lines every third row: pyarrow gives up on such blocks and skips the next ones untried.
+    monkeypatch.setattr(lead_file, "MAX_ODD_LINES_TO_SPLIT", 2)
+    rows = [row for n in range(60) for row in (*_regular(2 * n, 2), f'note{n}@acme.example,Note,"a\nb"')]
+    data = ("email,first_name,company\n" + "\n".join(rows) + "\n" + "\n".join(_regular(200, 100))).encode()
+    frame, _ = _read(data)
+    assert not all(small_blocks)
+
+    _csv_module_only(monkeypatch)
+
+    pd.testing.assert_frame_equal(frame, _read(data)[0])
+    assert frame["email"][4] == "note0@acme.example" and frame["email"][6] == "lead2@acme.example"

@@ -9,8 +9,9 @@ span several lines. Records are read on one of two paths, which give the same ce
   reader (C++, no Python string per cell) reads a block when each of its lines is one record of exactly the
   header's width, and agrees with the csv module on every such line; record i is then on the block's
   first line + i. Any other block (a quoted field spanning lines, a blank line, a row too wide or short, a
-  lone "\r" line break, a NUL, a very long line) goes to the csv module, which also takes the lines of the
-  next blocks when a record goes on past the block.
+  lone "\\r" line break, a NUL, a very long line) is halved while pyarrow can read one half, so that one
+  odd line leaves a small piece; a piece pyarrow cannot read goes to the csv module, which also takes the
+  lines of the next pieces when a record goes on past its piece.
 
 Every physical line is bounded, so a file that is one 2 GB line fails fast instead of filling memory.
 """
@@ -44,6 +45,9 @@ MAX_LINE_CHARS = 1_000_000  # no lead row is a megabyte long; such a line means 
 # it are the schema's business (rejected as too long, the other rows stored).
 MAX_FIELD_CHARS = MAX_LINE_CHARS
 BYTE_BLOCK_BYTES = 4 * 1024 * 1024  # UTF-8 records are read in blocks of whole lines of about this size
+MIN_SPLIT_BYTES = 64 * 1024  # a block pyarrow cannot read is halved down to about this size (see _split)
+MAX_ODD_LINES_TO_SPLIT = 8  # ... unless more of its lines than this look odd: then it all goes to the csv module
+SKIP_AFTER_DENSE = 3  # blocks left to the csv module, untried, after such a block
 # A line of more bytes than this has more than MAX_LINE_CHARS characters (UTF-8 takes at most 4 per character).
 _MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # where universal newlines split lines, in bytes
@@ -440,36 +444,102 @@ def _arrow_table(block: _Block, delimiter: str, width: int) -> pa.Table | None:
     return table.slice(0, block.lines) if table.num_rows == block.lines + 1 else None
 
 
+def _halves(block: _Block) -> tuple[_Block, _Block] | None:
+    """The block cut at the last line break before its middle; None when there is none."""
+    cut = block.data.rfind(b"\n", 0, len(block.data) // 2) + 1
+    if not cut:
+        return None
+    first = _block(block.data[:cut], block.first_line)
+    return first, _block(block.data[cut:], block.first_line + first.lines)
+
+
+def _odd_lines(block: _Block) -> int:
+    """Lines with an odd number of quotes (a quoted field may open or close there) or with nothing on them:
+    about how many lines of the block pyarrow cannot read, counted without reading it."""
+    buf = np.frombuffer(block.data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    quotes = np.bincount(np.searchsorted(ends, np.flatnonzero(buf == ord('"'))), minlength=len(ends) + 1)
+    blank = np.diff(ends, prepend=-1) <= 2  # "\n" or "\r\n" alone
+    return int(np.count_nonzero(quotes & 1)) + int(np.count_nonzero(blank))
+
+
+def _pieces(blocks: Iterator[_Block], delimiter: str, width: int) -> Iterator[tuple[_Block, pa.Table | None]]:
+    """The blocks, or pieces of them, each with the table pyarrow read from it, or None for the csv module.
+    Where odd lines are everywhere, pyarrow only tries one block in SKIP_AFTER_DENSE + 1, so that a file it
+    cannot read costs little more than the csv module alone."""
+    skip = 0
+    for block in blocks:
+        if skip:
+            skip -= 1
+            yield block, None
+            continue
+        table = _arrow_table(block, delimiter, width)
+        if table is None and _odd_lines(block) > MAX_ODD_LINES_TO_SPLIT:
+            skip = SKIP_AFTER_DENSE
+            yield block, None
+        else:
+            yield from _split(block, table, delimiter, width)
+
+
+def _split(block: _Block, table: pa.Table | None, delimiter: str,
+           width: int) -> Iterator[tuple[_Block, pa.Table | None]]:
+    """A block pyarrow could not read is halved, and the half it could not read halved again, so that one
+    odd line (a blank line at the end of the file, a note spanning lines) leaves a small piece to the csv
+    module. When neither half can be read, odd lines are everywhere: the halving stops."""
+    halves = _halves(block) if table is None and len(block.data) >= 2 * MIN_SPLIT_BYTES else None
+    if halves is None:
+        yield block, table
+        return
+    tables = [_arrow_table(half, delimiter, width) for half in halves]
+    if tables == [None, None]:
+        yield from zip(halves, tables, strict=True)
+        return
+    for half, half_table in zip(halves, tables, strict=True):
+        yield from _split(half, half_table, delimiter, width)
+
+
 class _TableRows:
-    """Tables read by pyarrow from consecutive blocks, handed out as chunks of `chunk_rows` records."""
+    """Records of both paths as tables, in the file's order, handed out as chunks of `chunk_rows` records
+    (small pieces read by the csv module do not make small chunks, which cost more each downstream)."""
 
     def __init__(self, chunk_rows: int) -> None:
         self.chunk_rows = chunk_rows
         self.tables: list[pa.Table] = []
+        self.lines: list[np.ndarray] = []
+        self.too_wide: list[tuple[int, list[str]]] = []
         self.rows = 0
-        self.first_line = 0
 
-    def add(self, table: pa.Table, first_line: int) -> Iterator[RecordChunk]:
-        if not self.rows:
-            self.first_line = first_line
+    def add(self, table: pa.Table, lines: np.ndarray, too_wide: list[tuple[int, list[str]]] | None = None,
+            ) -> Iterator[RecordChunk]:
         self.tables.append(table)
+        self.lines.append(lines)
+        self.too_wide += too_wide or []
         self.rows += table.num_rows
         while self.rows >= self.chunk_rows:
             yield self._take(self.chunk_rows)
 
     def flush(self) -> Iterator[RecordChunk]:
-        if self.rows:
+        if self.rows or self.too_wide:
             yield self._take(self.rows)
 
     def _take(self, count: int) -> RecordChunk:
-        table = pa.concat_tables(self.tables)
-        rest = table.slice(count)
-        chunk = RecordChunk(lines=np.arange(self.first_line, self.first_line + count, dtype=np.int64),
-                            table=table.slice(0, count).combine_chunks())
-        self.tables = [rest] if rest.num_rows else []
+        table, lines = pa.concat_tables(self.tables), np.concatenate(self.lines)
+        rest, rest_lines = table.slice(count), lines[count:]
+        # Too-wide records go with the rows around them, as they do when the csv module reads the whole file.
+        before = rest_lines[0] if len(rest_lines) else np.inf
+        chunk = RecordChunk(lines=lines[:count], table=table.slice(0, count).combine_chunks(),
+                            too_wide=[record for record in self.too_wide if record[0] < before])
+        self.too_wide = self.too_wide[len(chunk.too_wide):]
+        self.tables, self.lines = ([rest], [rest_lines]) if len(rest_lines) else ([], [])
         self.rows -= count
-        self.first_line += count
         return chunk
+
+
+def _rows_table(rows: list[list[str]], width: int) -> pa.Table:
+    """Records read by the csv module (each of the header's width) as a table like pyarrow's."""
+    cells = pa.array(list(chain.from_iterable(rows)), type=pa.large_string())
+    starts = np.arange(0, len(cells), width)
+    return pa.table([cells.take(starts + i) for i in range(width)], names=[str(i) for i in range(width)])
 
 
 class _LineFeed:
@@ -477,15 +547,15 @@ class _LineFeed:
     blocks, then the end-of-file marker when the file ends inside a record. `last_line` is the file line of
     the last line handed out (or about to be: a block's are counted as soon as the reader may need them)."""
 
-    def __init__(self, block: _Block, blocks: Iterator[_Block]) -> None:
-        self.first, self.blocks = block, blocks
+    def __init__(self, block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]]) -> None:
+        self.first, self.pieces = block, pieces
         self.last_line = block.first_line - 1 + block.lines
 
     def line_lists(self) -> Iterator[list[str]]:
         block: _Block | None = self.first
         while block is not None:
             yield from _bounded_lines(block)
-            block = next(self.blocks, None)  # a record goes on past the block
+            block, _ = next(self.pieces, (None, None))  # a record goes on past the block: its table is wrong
             if block is not None:
                 self.last_line += block.lines
         self.last_line += 1
@@ -502,10 +572,10 @@ def _bounded_lines(block: _Block) -> Iterator[list[str]]:
     yield lines
 
 
-def _python_chunks(block: _Block, blocks: Iterator[_Block], delimiter: str, width: int,
+def _python_chunks(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]], delimiter: str, width: int,
                    chunk_rows: int) -> Iterator[RecordChunk]:
     """The records of a block pyarrow did not read, by the csv module, as for any other file."""
-    feed = _LineFeed(block, blocks)
+    feed = _LineFeed(block, pieces)
     reader = csv.reader(chain.from_iterable(feed.line_lists()), delimiter=delimiter)
     lines_before = previous_end = block.first_line - 1
     ended = False
@@ -519,17 +589,25 @@ def _python_chunks(block: _Block, blocks: Iterator[_Block], delimiter: str, widt
             yield chunk
 
 
+def _python_tables(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]], delimiter: str, width: int,
+                   tables: _TableRows) -> Iterator[RecordChunk]:
+    for chunk in _python_chunks(block, pieces, delimiter, width, tables.chunk_rows):
+        table = _rows_table(chunk.rows, width)
+        chunk.rows.clear()
+        yield from tables.add(table, np.asarray(chunk.lines, dtype=np.int64), chunk.too_wide)
+
+
 def _utf8_chunks(blocks: Iterator[_Block], delimiter: str, width: int, chunk_rows: int) -> Iterator[RecordChunk]:
     """The records of a UTF-8 file after its header: by pyarrow block by block, by the csv module for the
     blocks pyarrow cannot read exactly as it would (see the module's docstring)."""
     tables = _TableRows(chunk_rows)
-    for block in blocks:
-        table = _arrow_table(block, delimiter, width)
+    pieces = _pieces(blocks, delimiter, width)
+    for block, table in pieces:
         if table is not None:
-            yield from tables.add(table, block.first_line)
+            lines = np.arange(block.first_line, block.first_line + block.lines, dtype=np.int64)
+            yield from tables.add(table, lines)
         else:
-            yield from tables.flush()  # chunks stay in the file's order
-            yield from _python_chunks(block, blocks, delimiter, width, chunk_rows)
+            yield from _python_tables(block, pieces, delimiter, width, tables)
     yield from tables.flush()
 
 
