@@ -591,6 +591,7 @@ def _python_chunks(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None
 
 def _python_tables(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]], delimiter: str, width: int,
                    tables: _TableRows) -> Iterator[RecordChunk]:
+    """`_python_chunks` as tables, joined to the records around them in chunks of `chunk_rows`."""
     for chunk in _python_chunks(block, pieces, delimiter, width, tables.chunk_rows):
         table = _rows_table(chunk.rows, width)
         chunk.rows.clear()
