@@ -24,6 +24,7 @@ from litestar.testing import TestClient
 from sqlalchemy import func, select
 
 from outreach_pipeline.assets.leads import lead_file_import
+from outreach_pipeline.core import lead_file
 from outreach_pipeline.core.lead_schema import SchemaCheckError, failure_reasons
 from outreach_pipeline.core.leads import NO_EMAIL_COLUMN
 from outreach_pipeline.core.rejects import spreadsheet_safe
@@ -344,6 +345,27 @@ def test_a_header_whose_cells_hold_commas_is_split_by_the_delimiter_its_rows_use
 
     assert outcome.counts == {"rows_read": 2, "stored": 2, "rejected": 0, "rejected_by_reason": {}}
     assert door.leads(cid)["bo@beta.example"]["custom_fields"] == {"company_inc": "Beta, Ltd", "name_full": "Bo"}
+
+
+def test_rows_read_by_pyarrow_and_by_the_csv_module_are_reported_on_their_lines(
+        door: Door, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocks of 200 bytes: regular blocks go to pyarrow, those with a quoted line break, a blank line or a
+    # too-wide row to the csv module (core/lead_file.py); the report names each row's line either way.
+    monkeypatch.setattr(lead_file, "BYTE_BLOCK_BYTES", 200)
+    regular = [f"lead{n}@acme.example,Lead {n}" for n in range(40)]
+    rows = ["Email,First Name", *regular[:10], "bad@@acme.example,Bad", *regular[10:20],
+            'notes@acme.example,"Two\nlines"', *regular[20:30], "", "wide@acme.example,Wide,extra",
+            "LEAD3@ACME.EXAMPLE,Again", *regular[30:]]
+
+    outcome = door.send(cid := door.campaign(), _name("blocks"), "\n".join(rows).encode())
+
+    assert outcome.counts == {"rows_read": 44, "stored": 40, "rejected": 4, "rejected_by_reason": {
+        "invalid email": 1, "control characters: first_name": 1, "too many columns": 1, "duplicate in file": 1}}
+    assert outcome.rejects == [["line", "email", "reason"], ["12", "bad@@acme.example", "invalid email"],
+                               ["23", "notes@acme.example", "control characters: first_name"],
+                               ["36", "wide@acme.example", "too many columns"],
+                               ["37", "LEAD3@acme.example", "duplicate in file"]]
+    assert door.leads(cid)["lead39@acme.example"]["first_name"] == "Lead 39"
 
 
 def test_a_file_of_only_empty_rows_has_no_rows(door: Door) -> None:

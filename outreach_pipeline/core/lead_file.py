@@ -1,7 +1,18 @@
 """Reading lead files as people export them: the encoding, the delimiter, and where each record starts.
 
-The csv module (not pandas) parses the text, because a quoted field may span several lines and the rejects
-report must name the line of the ORIGINAL file where each record starts; `csv.reader.line_num` tells us.
+The rejects report must name the line of the ORIGINAL file where each record starts, and a quoted field may
+span several lines. Records are read on one of two paths, which give the same cells and line numbers:
+
+- The csv module (not pandas) reads the text line by line; `csv.reader.line_num` tells where each record
+  ends. It reads the header of every file and all the records of files that are not UTF-8.
+- In UTF-8 files the records after the header are cut into blocks of whole lines (a few MB). pyarrow's CSV
+  reader (C++, no Python string per cell) reads a block when each of its lines is one record of exactly the
+  header's width, and agrees with the csv module on every such line; record i is then on the block's
+  first line + i. Any other block (a quoted field spanning lines, a blank line, a row too wide or short, a
+  lone "\\r" line break, a NUL, a very long line) is halved while pyarrow can read one half, so that one
+  odd line leaves a small piece; a piece pyarrow cannot read goes to the csv module, which also takes the
+  lines of the next pieces when a record goes on past its piece.
+
 Every physical line is bounded, so a file that is one 2 GB line fails fast instead of filling memory.
 """
 
@@ -20,6 +31,8 @@ from itertools import chain, compress, islice
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as arrow_csv
 
 from outreach_pipeline.core.errors import InvalidInputError
 
@@ -31,6 +44,13 @@ MAX_LINE_CHARS = 1_000_000  # no lead row is a megabyte long; such a line means 
 # A record (all its lines) no lead reaches: it bounds the memory an unclosed quote can take. Long cells below
 # it are the schema's business (rejected as too long, the other rows stored).
 MAX_FIELD_CHARS = MAX_LINE_CHARS
+BYTE_BLOCK_BYTES = 4 * 1024 * 1024  # UTF-8 records are read in blocks of whole lines of about this size
+MIN_SPLIT_BYTES = 64 * 1024  # a block pyarrow cannot read is halved down to about this size (see _split)
+MAX_ODD_LINES_TO_SPLIT = 8  # ... unless more of its lines than this look odd: then it all goes to the csv module
+SKIP_AFTER_DENSE = 3  # blocks left to the csv module, untried, after such a block
+# A line of more bytes than this has more than MAX_LINE_CHARS characters (UTF-8 takes at most 4 per character).
+_MAX_LINE_BYTES = 4 * MAX_LINE_CHARS
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # where universal newlines split lines, in bytes
 DELIMITERS = (",", ";", "\t", "|")  # in order of preference when all else is equal
 SNIFF_LINES = 20  # lines after the header that help pick the delimiter
 # Share of C0 control bytes (other than tab, CR, LF) above which a file is binary, not text.
@@ -56,12 +76,14 @@ class RecordChunk:
     """Records of a file, each padded to the header's width, with the file line where it starts."""
 
     rows: list[list[str]] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    lines: list[int] | np.ndarray = field(default_factory=list)
     # Records with more non-empty cells than the header has columns: (line, cells).
     too_wide: list[tuple[int, list[str]]] = field(default_factory=list)
+    # Records read by pyarrow instead of `rows`: a string column per header cell, record i on lines[i].
+    table: pa.Table | None = None
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.too_wide)
+        return len(self.rows) + len(self.too_wide) + (self.table.num_rows if self.table is not None else 0)
 
 
 @dataclass
@@ -284,17 +306,22 @@ def _sort_records(chunk: RecordChunk, records: list[list[str]], starts: list[int
 
 
 def _fill(chunk: RecordChunk, reader: csv.Reader, width: int, chunk_rows: int, previous_end: int,
-          lines_before: int) -> tuple[int, bool]:
-    """Read records into the chunk until it holds `chunk_rows` or the file ends.
+          lines_before: int, feed: _LineFeed | None = None) -> tuple[int, bool]:
+    """Read records into the chunk until it holds `chunk_rows` or the file (or the `feed`'s lines) ends.
 
-    Returns the line where the last record read ended, and whether the file has ended. The records are
-    read in batches whose lists die with this call: only the chunk keeps the records alive. The reader
+    Returns the line where the last record read ended, and whether the file (or feed) has ended. The records
+    are read in batches whose lists die with this call: only the chunk keeps the records alive. The reader
     counts lines from the header; `lines_before` (blank lines, a preamble) makes them the file's lines.
     """
     ends: list[int] = []
     try:
         while len(chunk) < chunk_rows:
             wanted = chunk_rows - len(chunk)
+            if feed is not None:
+                # No more records than lines handed out, so the reader stops at the feed's last record.
+                wanted = min(wanted, feed.last_line - lines_before - reader.line_num)
+                if wanted <= 0:
+                    return previous_end, True
             records: list[list[str]] = []
             ends = []
             _read_records(reader, wanted, records, ends)
@@ -324,6 +351,265 @@ def _chunks(reader: csv.Reader, width: int, chunk_rows: int, lines_before: int) 
             raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
         if len(chunk):
             yield chunk
+
+
+# --- UTF-8 records: pyarrow where it reads them as the csv module does ----------------------------------
+
+
+@dataclass
+class _Block:
+    """Whole lines of the file (the last perhaps without a line break, at the end of the file)."""
+
+    data: bytes
+    first_line: int  # the file line where the block starts
+    lines: int
+    lone_cr: bool  # some line ends with a "\r" alone (classic Mac)
+    longest: int  # bytes in the longest line, its line break included (exact when no "\r" is alone)
+
+
+def _block(data: bytes, first_line: int) -> _Block:
+    """The block with its lines counted, in numpy: no Python work per line."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    lone_cr = 0
+    if b"\r" in data:
+        after = np.flatnonzero(buf == ord("\r")) + 1
+        inside = after[after < len(buf)]
+        lone_cr = len(after) - len(inside) + int(np.count_nonzero(buf[inside] != ord("\n")))
+    lines = len(ends) + lone_cr + (not data.endswith((b"\n", b"\r")))
+    longest = int(np.diff(ends, prepend=-1, append=len(data) - 1).max())
+    return _Block(data, first_line, lines, bool(lone_cr), longest)
+
+
+def _offset_after_lines(stream: BinaryIO, count: int) -> int:
+    """The byte offset where line `count + 1` starts (the end of the file when it has no more lines)."""
+    stream.seek(0)
+    offset = 0
+    while count and (data := stream.read(SCAN_BLOCK_BYTES)):
+        while data.endswith(b"\r") and (more := stream.read(1)):  # a "\r\n" split between two reads
+            data += more
+        for match in _LINE_BREAK.finditer(data):
+            count -= 1
+            if not count:
+                return offset + match.end()
+        offset += len(data)
+    return offset
+
+
+def _byte_blocks(stream: BinaryIO, offset: int, first_line: int) -> Iterator[_Block]:
+    """The file from `offset` (where line `first_line` starts) in blocks of whole lines. A line too long
+    for a lead file fails when its block is asked for, after the blocks before it."""
+    stream.seek(offset)
+    carry = b""  # the start of a line that goes on in the next read
+    while data := stream.read(BYTE_BLOCK_BYTES):
+        data = carry + data if carry else data
+        # After the last line break that cannot be the first half of a "\r\n".
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if not cut:
+            if len(data) > _MAX_LINE_BYTES:
+                raise _too_long(first_line)
+            carry = data
+            continue
+        block, carry = _block(data[:cut], first_line), data[cut:]
+        first_line += block.lines
+        yield block
+    if carry:
+        yield _block(carry, first_line)
+
+
+def _arrow_table(block: _Block, delimiter: str, width: int) -> pa.Table | None:
+    """The block's records as `width` string columns, when pyarrow reads them as the csv module would:
+    every line one record (no quoted field spans lines) of the header's width, no lone "\\r" line break, no
+    NUL and no line near the length limits. None otherwise."""
+    data = block.data
+    if block.lone_cr or block.longest >= MAX_FIELD_CHARS or b"\x00" in data:
+        return None
+    names = [str(i) for i in range(width)]
+    # pyarrow ends a quoted field left open at the end of its input as if it were closed: a last record of
+    # empty cells after the block's lines is read as one only when no quote is open before it.
+    data += (b"" if data.endswith(b"\n") else b"\n") + delimiter.encode() * (width - 1) + b"\n"
+    try:
+        table = arrow_csv.read_csv(
+            pa.py_buffer(data),
+            read_options=arrow_csv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
+            # newlines_in_values: a quoted field spanning lines is read as the csv module reads it, one record
+            # over several lines, so that the count of records below tells it.
+            parse_options=arrow_csv.ParseOptions(delimiter=delimiter, quote_char='"', double_quote=True,
+                                                 escape_char=False, newlines_in_values=True,
+                                                 ignore_empty_lines=False),
+            convert_options=arrow_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.large_string()),
+                                                     strings_can_be_null=False))
+    except pa.ArrowInvalid:  # a record of another width, or a quote left open at the block's end
+        return None
+    return table.slice(0, block.lines) if table.num_rows == block.lines + 1 else None
+
+
+def _halves(block: _Block) -> tuple[_Block, _Block] | None:
+    """The block cut at the last line break before its middle; None when there is none."""
+    cut = block.data.rfind(b"\n", 0, len(block.data) // 2) + 1
+    if not cut:
+        return None
+    first = _block(block.data[:cut], block.first_line)
+    return first, _block(block.data[cut:], block.first_line + first.lines)
+
+
+def _odd_lines(block: _Block) -> int:
+    """Lines with an odd number of quotes (a quoted field may open or close there) or with nothing on them:
+    about how many lines of the block pyarrow cannot read, counted without reading it."""
+    buf = np.frombuffer(block.data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    quotes = np.bincount(np.searchsorted(ends, np.flatnonzero(buf == ord('"'))), minlength=len(ends) + 1)
+    blank = np.diff(ends, prepend=-1) <= 2  # "\n" or "\r\n" alone
+    return int(np.count_nonzero(quotes & 1)) + int(np.count_nonzero(blank))
+
+
+def _pieces(blocks: Iterator[_Block], delimiter: str, width: int) -> Iterator[tuple[_Block, pa.Table | None]]:
+    """The blocks, or pieces of them, each with the table pyarrow read from it, or None for the csv module.
+    Where odd lines are everywhere, pyarrow only tries one block in SKIP_AFTER_DENSE + 1, so that a file it
+    cannot read costs little more than the csv module alone."""
+    skip = 0
+    for block in blocks:
+        if skip:
+            skip -= 1
+            yield block, None
+            continue
+        table = _arrow_table(block, delimiter, width)
+        if table is None and _odd_lines(block) > MAX_ODD_LINES_TO_SPLIT:
+            skip = SKIP_AFTER_DENSE
+            yield block, None
+        else:
+            yield from _split(block, table, delimiter, width)
+
+
+def _split(block: _Block, table: pa.Table | None, delimiter: str,
+           width: int) -> Iterator[tuple[_Block, pa.Table | None]]:
+    """A block pyarrow could not read is halved, and the half it could not read halved again, so that one
+    odd line (a blank line at the end of the file, a note spanning lines) leaves a small piece to the csv
+    module. When neither half can be read, odd lines are everywhere: the halving stops."""
+    halves = _halves(block) if table is None and len(block.data) >= 2 * MIN_SPLIT_BYTES else None
+    if halves is None:
+        yield block, table
+        return
+    tables = [_arrow_table(half, delimiter, width) for half in halves]
+    if tables == [None, None]:
+        yield from zip(halves, tables, strict=True)
+        return
+    for half, half_table in zip(halves, tables, strict=True):
+        yield from _split(half, half_table, delimiter, width)
+
+
+class _TableRows:
+    """Records of both paths as tables, in the file's order, handed out as chunks of `chunk_rows` records
+    (small pieces read by the csv module do not make small chunks, which cost more each downstream)."""
+
+    def __init__(self, chunk_rows: int) -> None:
+        self.chunk_rows = chunk_rows
+        self.tables: list[pa.Table] = []
+        self.lines: list[np.ndarray] = []
+        self.too_wide: list[tuple[int, list[str]]] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table, lines: np.ndarray, too_wide: list[tuple[int, list[str]]] | None = None,
+            ) -> Iterator[RecordChunk]:
+        self.tables.append(table)
+        self.lines.append(lines)
+        self.too_wide += too_wide or []
+        self.rows += table.num_rows
+        while self.rows >= self.chunk_rows:
+            yield self._take(self.chunk_rows)
+
+    def flush(self) -> Iterator[RecordChunk]:
+        if self.rows or self.too_wide:
+            yield self._take(self.rows)
+
+    def _take(self, count: int) -> RecordChunk:
+        table, lines = pa.concat_tables(self.tables), np.concatenate(self.lines)
+        rest, rest_lines = table.slice(count), lines[count:]
+        # Too-wide records go with the rows around them, as they do when the csv module reads the whole file.
+        before = rest_lines[0] if len(rest_lines) else np.inf
+        chunk = RecordChunk(lines=lines[:count], table=table.slice(0, count).combine_chunks(),
+                            too_wide=[record for record in self.too_wide if record[0] < before])
+        self.too_wide = self.too_wide[len(chunk.too_wide):]
+        self.tables, self.lines = ([rest], [rest_lines]) if len(rest_lines) else ([], [])
+        self.rows -= count
+        return chunk
+
+
+def _rows_table(rows: list[list[str]], width: int) -> pa.Table:
+    """Records read by the csv module (each of the header's width) as a table like pyarrow's."""
+    cells = pa.array(list(chain.from_iterable(rows)), type=pa.large_string())
+    starts = np.arange(0, len(cells), width)
+    return pa.table([cells.take(starts + i) for i in range(width)], names=[str(i) for i in range(width)])
+
+
+class _LineFeed:
+    """Lines for the csv module: those of one block and, when a record goes on past it, those of the next
+    blocks, then the end-of-file marker when the file ends inside a record. `last_line` is the file line of
+    the last line handed out (or about to be: a block's are counted as soon as the reader may need them)."""
+
+    def __init__(self, block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]]) -> None:
+        self.first, self.pieces = block, pieces
+        self.last_line = block.first_line - 1 + block.lines
+
+    def line_lists(self) -> Iterator[list[str]]:
+        block: _Block | None = self.first
+        while block is not None:
+            yield from _bounded_lines(block)
+            block, _ = next(self.pieces, (None, None))  # a record goes on past the block: its table is wrong
+            if block is not None:
+                self.last_line += block.lines
+        self.last_line += 1
+        yield [_END_OF_FILE]
+
+
+def _bounded_lines(block: _Block) -> Iterator[list[str]]:
+    """The block's lines; fails at the first line longer than MAX_LINE_CHARS, after the lines before it."""
+    lines = _split_lines(block.data.decode("utf-8"))
+    if max(map(len, lines), default=0) > MAX_LINE_CHARS:
+        first = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_CHARS)
+        yield lines[:first]
+        raise _too_long(block.first_line + first)
+    yield lines
+
+
+def _python_chunks(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]], delimiter: str, width: int,
+                   chunk_rows: int) -> Iterator[RecordChunk]:
+    """The records of a block pyarrow did not read, by the csv module, as for any other file."""
+    feed = _LineFeed(block, pieces)
+    reader = csv.reader(chain.from_iterable(feed.line_lists()), delimiter=delimiter)
+    lines_before = previous_end = block.first_line - 1
+    ended = False
+    while not ended:
+        chunk = RecordChunk()
+        try:
+            previous_end, ended = _fill(chunk, reader, width, chunk_rows, previous_end, lines_before, feed)
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"The file is not valid text in its encoding: {error}.") from error
+        if len(chunk):
+            yield chunk
+
+
+def _python_tables(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None]], delimiter: str, width: int,
+                   tables: _TableRows) -> Iterator[RecordChunk]:
+    """`_python_chunks` as tables, joined to the records around them in chunks of `chunk_rows`."""
+    for chunk in _python_chunks(block, pieces, delimiter, width, tables.chunk_rows):
+        table = _rows_table(chunk.rows, width)
+        chunk.rows.clear()
+        yield from tables.add(table, np.asarray(chunk.lines, dtype=np.int64), chunk.too_wide)
+
+
+def _utf8_chunks(blocks: Iterator[_Block], delimiter: str, width: int, chunk_rows: int) -> Iterator[RecordChunk]:
+    """The records of a UTF-8 file after its header: by pyarrow block by block, by the csv module for the
+    blocks pyarrow cannot read exactly as it would (see the module's docstring)."""
+    tables = _TableRows(chunk_rows)
+    pieces = _pieces(blocks, delimiter, width)
+    for block, table in pieces:
+        if table is not None:
+            lines = np.arange(block.first_line, block.first_line + block.lines, dtype=np.int64)
+            yield from tables.add(table, lines)
+        else:
+            yield from _python_tables(block, pieces, delimiter, width, tables)
+    yield from tables.flush()
 
 
 def _cells(line: str, after: list[str]) -> list[str]:
@@ -374,4 +660,14 @@ def open_lead_file(stream: BinaryIO, chunk_rows: int, is_header: Callable[[list[
     # Trailing header cells without a name stay columns (column_N): spreadsheets add empty ones, which
     # cost nothing, and a column someone forgot to name keeps its data.
     return LeadFile(encoding, delimiter, [h.strip() for h in headers],
-                    _chunks(reader, len(headers), chunk_rows, skipped))
+                    _records(stream, encoding, delimiter, reader, len(headers), chunk_rows, skipped))
+
+
+def _records(stream: BinaryIO, encoding: str, delimiter: str, reader: csv.Reader, width: int, chunk_rows: int,
+             lines_before: int) -> Iterator[RecordChunk]:
+    """The records after the header, which `reader` has read (after `lines_before` lines)."""
+    if encoding != "utf-8-sig":
+        return _chunks(reader, width, chunk_rows, lines_before)
+    header_end = lines_before + reader.line_num  # the reader's lines, read ahead, are read again as bytes
+    blocks = _byte_blocks(stream, _offset_after_lines(stream, header_end), header_end + 1)
+    return _utf8_chunks(blocks, delimiter, width, chunk_rows)
