@@ -239,8 +239,12 @@ def _copy_data(table: pa.Table) -> memoryview:
     less work than CSV with every value quoted (measured on 1M leads), the format this wrote before."""
     values = [_escaped(pc.cast(table.column(name).combine_chunks(), pa.large_string()), _COPY_ESCAPES)
               for name in table.column_names]
-    fields = pc.binary_join_element_wise(*values, _text("\t"), null_handling="replace", null_replacement="\\N")
-    return memoryview(_bytes(pc.binary_join_element_wise(fields, _text("\n"), _text(""))))
+    # The line break goes on the last value (a short one), so the rows are joined in a single pass.
+    values[-1] = pc.binary_join_element_wise(values[-1], _text("\n"), _text(""), **_NULL_AS_COPY)
+    return memoryview(_bytes(pc.binary_join_element_wise(*values, _text("\t"), **_NULL_AS_COPY)))
+
+
+_NULL_AS_COPY: dict[str, Any] = {"null_handling": "replace", "null_replacement": "\\N"}
 
 
 def _text(value: str) -> pa.Scalar:
