@@ -54,6 +54,7 @@ class PreparedRows:
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
     csv: memoryview | None = None  # and the COPY's data for all of them
+    keys: str = ""  # and their addresses (email_key), one per line, for the lookups
 
 
 def reply_tokens(import_id: int, lines: Iterable[int]) -> pa.StringArray:
@@ -247,6 +248,13 @@ def _copy_data(table: pa.Table) -> memoryview:
 _NULL_AS_COPY: dict[str, Any] = {"null_handling": "replace", "null_replacement": "\\N"}
 
 
+def _lines(values: pa.ChunkedArray) -> str:
+    """The values one per line, as one text parameter the server splits: a list would be adapted element by
+    element in Python. (Addresses hold no line break: the schema refuses control characters.)"""
+    lines = pc.binary_join_element_wise(values.combine_chunks(), _text("\n"), _text(""))
+    return _bytes(lines).tobytes().decode()[:-1]
+
+
 def _text(value: str) -> pa.Scalar:
     return pa.scalar(value, pa.large_string())
 
@@ -269,13 +277,10 @@ class PostgresLeadStore:
     def _found(self, statement: TextClause, keys: str, **params: Any) -> set[str]:
         return set(self.session.scalars(statement, {**params, "keys": keys}))
 
-    def _looked_up(self, rows: pd.DataFrame) -> tuple[set[str], set[str]]:
-        """The chunk's addresses already in the campaign, and those the owner suppressed."""
-        if rows.empty:
+    def _looked_up(self, keys: str) -> tuple[set[str], set[str]]:
+        """The chunk's addresses (`keys`, one per line) already in the campaign, and those the owner suppressed."""
+        if not keys:
             return set(), set()
-        # One text parameter split by the server: a list would be adapted element by element in Python.
-        # Addresses hold no line break (the schema refuses control characters).
-        keys = "\n".join(rows["email_key"].tolist())
         existing = (self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id)
                     if self.campaign_had_leads else set())
         return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
@@ -284,7 +289,7 @@ class PostgresLeadStore:
         """Every row as it would be COPYed, and the COPY's data, built on the reading thread while the
         previous chunk is stored; when the lookups refuse some rows, the data is written again without them."""
         table = self._table(rows)
-        return PreparedRows(rows, table, _copy_data(table))
+        return PreparedRows(rows, table, _copy_data(table), _lines(table.column("email_key")))
 
     def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)
@@ -292,7 +297,6 @@ class PostgresLeadStore:
             "campaign_id": pa.repeat(pa.scalar(self.target.campaign_id, pa.int64()), n),
             **{f: pa.array(rows[f], pa.large_string()) for f in _TEXT_COLUMNS},
             "custom_fields": custom_fields_json(rows, custom_columns(rows)),
-            "status": pa.repeat(pa.scalar(LeadStatus.PENDING.value), n),
             # Made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY itself.
             "reply_token": reply_tokens(self.target.import_id, rows.index),
             "import_id": pa.repeat(pa.scalar(self.target.import_id, pa.int64()), n),
@@ -302,7 +306,7 @@ class PostgresLeadStore:
     def store(self, prepared: PreparedRows) -> StoreResult:
         rows, table, data = prepared.rows, prepared.table, prepared.csv
         assert table is not None and data is not None, "prepared by another store"
-        hit, refused = refusals(rows, *self._looked_up(rows))
+        hit, refused = refusals(rows, *self._looked_up(prepared.keys))
         if hit is not None:
             table = table.filter(pa.array(~hit))
             data = _copy_data(table)

@@ -54,7 +54,7 @@ __all__ = ["ImportReport", "RejectedRow", "add_leads", "copy_leads", "import_lea
 # Up to four chunks are alive at once (one read, two waiting, one stored), each with several copies of its
 # rows on the way (records, frame, checked frame, COPY data): at 25,000 rows the peak reached 570-620 MB on
 # a million-row file; at 10,000 about 380-400 MB, for the same time.
-CHUNK_ROWS = 10_000
+CHUNK_ROWS = 20_000
 REJECTS_KEPT_IN_REPORT = 100
 # Arrow-backed strings: stripping, lower-casing and the schema's regexes run in C++, not row by row.
 _TEXT_TYPE = pyarrow.large_string()  # what pandas' Arrow strings hold
