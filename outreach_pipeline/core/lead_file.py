@@ -535,9 +535,13 @@ class _TableRows:
         return chunk
 
 
-def _rows_table(rows: list[list[str]], width: int) -> pa.Table:
-    """Records read by the csv module (each of the header's width) as a table like pyarrow's."""
+def rows_table(rows: list[list[str]], width: int) -> pa.Table:
+    """Records read by the csv module (each of the header's width) as a table like pyarrow's. All cells become
+    one Arrow array, row after row, and each column is taken from it by position: one conversion from Python
+    strings, instead of transposing the rows in Python (zip(*rows)) and converting per column."""
     cells = pa.array(list(chain.from_iterable(rows)), type=pa.large_string())
+    if len(cells) != width * len(rows):
+        raise ValueError("The rows of a batch differ in width.")
     starts = np.arange(0, len(cells), width)
     return pa.table([cells.take(starts + i) for i in range(width)], names=[str(i) for i in range(width)])
 
@@ -593,7 +597,7 @@ def _python_tables(block: _Block, pieces: Iterator[tuple[_Block, pa.Table | None
                    tables: _TableRows) -> Iterator[RecordChunk]:
     """`_python_chunks` as tables, joined to the records around them in chunks of `chunk_rows`."""
     for chunk in _python_chunks(block, pieces, delimiter, width, tables.chunk_rows):
-        table = _rows_table(chunk.rows, width)
+        table = rows_table(chunk.rows, width)
         chunk.rows.clear()
         yield from tables.add(table, np.asarray(chunk.lines, dtype=np.int64), chunk.too_wide)
 

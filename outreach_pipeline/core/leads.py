@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.jobs import schedule_first_jobs
-from outreach_pipeline.core.lead_file import RecordChunk, collector_paused, open_lead_file
+from outreach_pipeline.core.lead_file import RecordChunk, collector_paused, open_lead_file, rows_table
 from outreach_pipeline.core.lead_schema import (
     LEAD_ROW_FRAME_SCHEMA,
     STANDARD_FIELDS,
@@ -145,17 +144,11 @@ def _normalised_emails(emails: pd.arrays.ArrowStringArray) -> pd.arrays.ArrowStr
 def _frame(rows: list[list[str]], lines: list[int], plan: list[tuple[int, str]]) -> pd.DataFrame:
     """A frame of trimmed strings (NA for empty cells) indexed by each record's first file line."""
     width = len(rows[0]) if rows else max(i for i, _ in plan) + 1
-    # All cells as one Arrow array, row after row, and each column taken from it by position: one conversion
-    # from Python strings, instead of transposing the rows in Python (zip(*rows)) and converting per column.
-    cells = _cleaned(pyarrow.array(list(chain.from_iterable(rows)), type=_TEXT_TYPE))
-    if len(cells) != width * len(rows):
-        raise ValueError("The rows of a batch differ in width.")
-    starts = np.arange(0, len(cells), width)  # each row's first cell
-    return _columns_frame([cells.take(starts + i) for i in range(width)], lines, plan)
+    return _table_frame(rows_table(rows, width), lines, plan)
 
 
-def _table_frame(table: pyarrow.Table, lines: np.ndarray, plan: list[tuple[int, str]]) -> pd.DataFrame:
-    """`_frame` for records pyarrow read: a string column per header cell."""
+def _table_frame(table: pyarrow.Table, lines: list[int] | np.ndarray, plan: list[tuple[int, str]]) -> pd.DataFrame:
+    """The frame of a table with a string column per header cell (pyarrow's, or `rows_table`'s)."""
     # Cleaned as one array, column after column: three calls into Arrow, not three per column.
     cells = _cleaned(pyarrow.concat_arrays([column for chunked in table.columns for column in chunked.chunks]))
     rows = table.num_rows
