@@ -117,14 +117,14 @@ def test_deleting_a_campaign_deletes_its_leads_and_deleting_an_import_unlinks_th
 
 
 def test_reply_tokens_ascend_within_an_import_and_are_unguessable() -> None:
-    first, second = reply_tokens(7, [2, 3]).to_pylist(), reply_tokens(7, [2, 3]).to_pylist()
+    first, second = reply_tokens(7, [2, 3]), reply_tokens(7, [2, 3])
     assert all(len(token) == 32 and int(token, 16) >= 0 for token in first + second)
     assert first[0] < first[1] and first[0][:16] == "0000000700000002"
     assert first[0][16:] != second[0][16:]  # the random half differs from one batch to the next
-    (large,) = reply_tokens(0x1234ABCD, [0xFEDC0987]).to_pylist()
+    (large,) = reply_tokens(0x1234ABCD, [0xFEDC0987])
     assert large[:16] == "1234abcdfedc0987"
     # Every hex digit turns up in the random halves, in both places of a byte.
-    many = reply_tokens(1, range(1000)).to_pylist()
+    many = reply_tokens(1, range(1000))
     assert set("".join(token[16::2] for token in many)) == set("".join(token[17::2] for token in many)) == \
         set("0123456789abcdef")
     assert len({token[16:] for token in many}) == 1000

@@ -53,30 +53,35 @@ class PreparedRows:
 
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
-    csv: memoryview | None = None  # and the COPY's data for all of them
+    data: memoryview | None = None  # and the COPY's data for all of them (binary format)
     keys: str = ""  # and their addresses (email_key), one per line, for the lookups
 
 
-def reply_tokens(import_id: int, lines: Iterable[int]) -> pa.StringArray:
-    """One token per line, 32 hex characters: the import and the line (8 each), then 64 random bits that
-    make it unguessable. The ordered prefix makes an import's tokens ascend, so the unique index takes them
-    like appends, not as a million random inserts. Written as bytes in numpy, a row of 32 per token, with the
-    randomness from one call: building a million strings in Python took a twentieth of an import's CPU."""
-    numbers = np.fromiter(lines, dtype=np.int64) & _HEX8
-    count = len(numbers)
-    tokens = np.empty((count, 32), dtype=np.uint8)
-    tokens[:, :8] = np.frombuffer(f"{import_id & _HEX8:08x}".encode(), dtype=np.uint8)
-    tokens[:, 8:16] = _HEX_DIGITS[(numbers[:, None] >> _NIBBLE_SHIFTS) & 0xF]
-    randomness = np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint8).reshape(count, 8)
-    tokens[:, 16::2] = _HEX_DIGITS[randomness >> 4]
-    tokens[:, 17::2] = _HEX_DIGITS[randomness & 0xF]
-    offsets = np.arange(0, 32 * (count + 1), 32, dtype=np.int32)
-    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(tokens)])
+def reply_token_bytes(import_id: int, lines: Iterable[int]) -> np.ndarray:
+    """One token per line, 16 bytes (a row each): the import and the line (4 bytes each), then 64 random bits that
+    make it unguessable. The ordered prefix makes an import's tokens ascend, so the unique index takes them like
+    appends, not as a million random inserts. Built in numpy with the randomness from one call: building a million
+    tokens in Python took a twentieth of an import's CPU."""
+    numbers = np.fromiter(lines, dtype=np.int64) & _UINT32
+    tokens = np.empty((len(numbers), 16), dtype=np.uint8)
+    tokens[:, :4] = np.frombuffer((import_id & _UINT32).to_bytes(4, "big"), dtype=np.uint8)
+    tokens[:, 4:8] = numbers.astype(">u4").view(np.uint8).reshape(-1, 4)
+    tokens[:, 8:] = np.frombuffer(secrets.token_bytes(8 * len(numbers)), dtype=np.uint8).reshape(-1, 8)
+    return tokens
 
 
-_HEX8 = 0xFFFFFFFF
+def reply_tokens(import_id: int, lines: Iterable[int]) -> list[str]:
+    """The same tokens as 32 hex digits, the form `Lead.reply_token` holds."""
+    tokens = reply_token_bytes(import_id, lines)
+    digits = np.empty((len(tokens), 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[tokens >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[tokens & 0xF]
+    text = digits.tobytes().decode("ascii")
+    return [text[start : start + 32] for start in range(0, len(text), 32)]
+
+
+_UINT32 = 0xFFFFFFFF
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.int64)  # a 32-bit number's hex digits, most significant first
 
 
 class LeadStore(Protocol):
@@ -163,7 +168,7 @@ class PortableLeadStore:
         extra = custom_columns(rows)
         records = []
         plain = rows.astype(object).where(rows.notna(), None)
-        tokens = reply_tokens(self.target.import_id, rows.index).to_pylist()
+        tokens = reply_tokens(self.target.import_id, rows.index)
         for token, row in zip(tokens, plain.to_dict("records"), strict=True):
             records.append({
                 "campaign_id": self.target.campaign_id,
@@ -230,22 +235,46 @@ def _bytes(value: pa.Array) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)[ends[0]:ends[-1]]
 
 
-# COPY's text format: a tab between values, a line per row, \N for NULL, and a backslash, tab or line break
-# in a value written as its escape (the schema lets backslashes through, and JSON's escapes are backslashes).
-_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# COPY's binary format: a signature, then per row the number of fields and each field as its length (-1 for
+# NULL) and bytes, all integers big-endian; a -1 field count ends the data. Nothing in a value is escaped.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # no flags, no header extension
+_TRAILER = b"\xff\xff"
+_INT4 = np.dtype(">i4")
 
 
 def _copy_data(table: pa.Table) -> memoryview:
-    """The rows as COPY data in the text format, built column-wise in Arrow. PostgreSQL reads it with a tenth
-    less work than CSV with every value quoted (measured on 1M leads), the format this wrote before."""
-    values = [_escaped(pc.cast(table.column(name).combine_chunks(), pa.large_string()), _COPY_ESCAPES)
-              for name in table.column_names]
-    # The line break goes on the last value (a short one), so the rows are joined in a single pass.
-    values[-1] = pc.binary_join_element_wise(values[-1], _text("\n"), _text(""), **_NULL_AS_COPY)
-    return memoryview(_bytes(pc.binary_join_element_wise(*values, _text("\t"), **_NULL_AS_COPY)))
+    """The rows as binary COPY data (without the signature and trailer `_copy` sends around them), built
+    column-wise in Arrow with one join. PostgreSQL reads it with less work than the text format: no line
+    splitting, no unescaping, no parsing of numbers and uuids."""
+    fields: list[pa.Array | pa.Scalar] = [_binary(table.num_columns.to_bytes(2, "big"))]
+    for name in table.column_names:
+        fields += _binary_field(table.column(name).combine_chunks())
+    return memoryview(_bytes(pc.binary_join_element_wise(*fields, _binary(b""))))
 
 
-_NULL_AS_COPY: dict[str, Any] = {"null_handling": "replace", "null_replacement": "\\N"}
+def _binary_field(values: pa.Array) -> list[pa.Array | pa.Scalar]:
+    """A column as binary COPY fields: its lengths, then its values (integers as int4; text and bytes as they
+    are, which is what json, varchar and uuid read). NULL is the length -1 and no bytes."""
+    if pa.types.is_integer(values.type):
+        assert values.null_count == 0, "integer columns are never NULL here"
+        return [_binary((4).to_bytes(4, "big")), _fixed_width(values.to_numpy().astype(_INT4), 4)]
+    if values.null_count == len(values):  # a column the file does not have: one scalar, not a column of NULLs
+        return [_binary((-1).to_bytes(4, "big", signed=True)), _binary(b"")]
+    lengths = pc.binary_length(values)
+    values = values.cast(pa.large_binary())
+    if values.null_count:  # the join's own NULL handling costs more than filling them in first
+        lengths, values = pc.fill_null(lengths, -1), pc.fill_null(values, b"")
+    return [_fixed_width(lengths.to_numpy().astype(_INT4), 4), values]
+
+
+def _fixed_width(values: np.ndarray, width: int) -> pa.Array:
+    """Each element's bytes as one binary value (no copy)."""
+    offsets = np.arange(0, width * (len(values) + 1), width, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
+def _binary(value: bytes) -> pa.Scalar:
+    return pa.scalar(value, pa.large_binary())
 
 
 def _lines(values: pa.ChunkedArray) -> str:
@@ -298,13 +327,13 @@ class PostgresLeadStore:
             **{f: pa.array(rows[f], pa.large_string()) for f in _TEXT_COLUMNS},
             "custom_fields": custom_fields_json(rows, custom_columns(rows)),
             # Made here, not in SQL: gen_random_uuid() per row cost PostgreSQL more than the COPY itself.
-            "reply_token": reply_tokens(self.target.import_id, rows.index),
+            "reply_token": _fixed_width(reply_token_bytes(self.target.import_id, rows.index), 16),
             "import_id": pa.repeat(pa.scalar(self.target.import_id, pa.int64()), n),
         }
         return pa.table([columns[c] for c in LEAD_COLUMNS], names=list(LEAD_COLUMNS))
 
     def store(self, prepared: PreparedRows) -> StoreResult:
-        rows, table, data = prepared.rows, prepared.table, prepared.csv
+        rows, table, data = prepared.rows, prepared.table, prepared.data
         assert table is not None and data is not None, "prepared by another store"
         hit, refused = refusals(rows, *self._looked_up(prepared.keys))
         if hit is not None:
@@ -320,9 +349,10 @@ class PostgresLeadStore:
         connection.execute(_COUNTING_OFF)
         driver = connection.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
-            f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN"
+            f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN (FORMAT binary)"
         ) as copy:
-            copy.write(data)
+            for piece in (_SIGNATURE, data, _TRAILER):
+                copy.write(piece)
         connection.execute(_COUNTED, {"campaign_id": self.target.campaign_id, "n": rows})
 
 
