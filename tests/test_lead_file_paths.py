@@ -184,3 +184,19 @@ def test_a_file_with_odd_lines_everywhere_is_read_the_same(small_blocks: list[bo
 
     pd.testing.assert_frame_equal(frame, _read(data)[0])
     assert frame["email"][4] == "note0@acme.example" and frame["email"][6] == "lead2@acme.example"
+
+
+@pytest.mark.parametrize(("data", "utf8"), [
+    ("é€😀".encode() * 200, True),  # characters of 2, 3 and 4 bytes cut by every possible block end
+    (("a" * 299 + "é").encode(), True),  # a whole character as the very last bytes of a block
+    (("é" * 300).encode()[:-1], False),  # the file ends inside a character
+    (("é" * 150).encode() + b"\xe9" + b"a" * 300, False),  # a Windows-1252 é between blocks of UTF-8
+    (b"a" * 299 + b"\xed\xa0\x80", False),  # a surrogate, which UTF-8 may not hold
+])
+def test_the_encoding_check_reads_characters_across_block_ends(monkeypatch: pytest.MonkeyPatch, data: bytes,
+                                                                utf8: bool) -> None:
+    for block in (1, 2, 3, BLOCK_BYTES):
+        monkeypatch.setattr(lead_file, "SCAN_BLOCK_BYTES", block)
+        stream = io.BytesIO(data)
+        assert lead_file._is_utf8(stream) is utf8
+        assert stream.tell() == 0  # the reader starts from the top
