@@ -280,6 +280,7 @@ def test_two_imports_of_one_address_at_once_store_it_once_and_the_second_says_wh
         for field in STANDARD_FIELDS:
             rows[field] = rows.get(field, pd.Series([None, None], index=rows.index, dtype=object))
         assert store.store(store.prepare(rows.assign(email_key=rows["email"]))).stored == 2
+        store.finish()
 
         def second_import() -> Any:
             with session_scope(sessions) as session:

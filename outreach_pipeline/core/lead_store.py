@@ -2,7 +2,7 @@
 
 Two ways to one result. PostgreSQL gets the fast path: imports into one campaign take turns (an advisory
 lock), so each chunk's addresses are looked up among the campaign's leads and the owner's suppressions,
-and the rest is `COPY`ed straight into `leads`, rows prepared in Arrow (reply tokens, custom fields as
+and the rest goes into `leads` through one `COPY`, rows prepared in Arrow (reply tokens, custom fields as
 JSON). SQLite (the embedded default) gets the portable one: look up, then `executemany`.
 Rows arrive as a frame indexed by their file line, with `email_key` (the lower-cased address) beside them.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,13 +20,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import TextClause, exists, select, text
+from sqlalchemy import exists, select, text
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
+from outreach_pipeline.db.session import unpooled_connection
 
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
@@ -54,7 +56,7 @@ class PreparedRows:
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
     data: memoryview | None = None  # and the COPY's data for all of them (binary format)
-    keys: str = ""  # and their addresses (email_key), one per line, for the lookups
+    refused: list[tuple[int, str, str]] = field(default_factory=list)  # and those the lookups refused
 
 
 def reply_token_bytes(import_id: int, lines: Iterable[int]) -> np.ndarray:
@@ -86,10 +88,18 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 class LeadStore(Protocol):
     def prepare(self, rows: pd.DataFrame) -> PreparedRows:
-        """Work that needs no database, so it can run a chunk ahead, on the reading thread."""
+        """Work that writes nothing, so it can run a chunk ahead, on the reading thread."""
         ...
 
     def store(self, prepared: PreparedRows) -> StoreResult: ...
+
+    def finish(self) -> None:
+        """After the last chunk, before the transaction commits."""
+        ...
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Release what the store holds; after `finish`, or instead of it when the import fails with `error`."""
+        ...
 
 
 def lead_store_for(session: Session, target: StoreTarget) -> LeadStore:
@@ -148,6 +158,12 @@ class PortableLeadStore:
 
     def prepare(self, rows: pd.DataFrame) -> PreparedRows:
         return PreparedRows(rows)
+
+    def finish(self) -> None:
+        pass
+
+    def close(self, error: BaseException | None = None) -> None:
+        pass
 
     def store(self, prepared: PreparedRows) -> StoreResult:
         rows = prepared.rows
@@ -289,7 +305,8 @@ def _text(value: str) -> pa.Scalar:
 
 
 class PostgresLeadStore:
-    """Imports into one campaign take turns; each chunk costs two index lookups of its addresses and a COPY."""
+    """Imports into one campaign take turns. The reading thread looks up each chunk's addresses on a connection
+    of its own; the import's connection does nothing but one COPY that takes every chunk."""
 
     def __init__(self, session: Session, target: StoreTarget) -> None:
         self.session = session
@@ -302,12 +319,21 @@ class PostgresLeadStore:
         # since the file holds each address once.
         self.campaign_had_leads = session.scalar(
             select(exists().where(Lead.campaign_id == target.campaign_id))) or False
+        self._lookups: Any = None  # the reading thread's connection, opened with the first lookup
+        self._copying = ExitStack()  # the COPY, open from the first stored row to `finish`
+        self._copy: Any = None
+        self._stored = 0
 
-    def _found(self, statement: TextClause, keys: str, **params: Any) -> set[str]:
-        return set(self.session.scalars(statement, {**params, "keys": keys}))
+    def _found(self, statement: str, keys: str, **params: Any) -> set[str]:
+        if self._lookups is None:
+            # Outside the session's pool: an import must never wait for a connection the pool may not have.
+            self._lookups = unpooled_connection(self.session.get_bind(), autocommit=True)
+        return {row[0] for row in self._lookups.execute(statement, {**params, "keys": keys})}
 
     def _looked_up(self, keys: str) -> tuple[set[str], set[str]]:
-        """The chunk's addresses (`keys`, one per line) already in the campaign, and those the owner suppressed."""
+        """The chunk's addresses (`keys`, one per line) already in the campaign, and those the owner suppressed.
+        What other transactions committed, as the import's own transaction would see it: the addresses it
+        stores itself are never looked up (the reading thread refuses a file's repeats)."""
         if not keys:
             return set(), set()
         existing = (self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id)
@@ -315,10 +341,13 @@ class PostgresLeadStore:
         return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
 
     def prepare(self, rows: pd.DataFrame) -> PreparedRows:
-        """Every row as it would be COPYed, and the COPY's data, built on the reading thread while the
-        previous chunk is stored; when the lookups refuse some rows, the data is written again without them."""
+        """The chunk's lookups, and the rows that may land as the COPY's data: on the reading thread, while the
+        previous chunk is stored."""
         table = self._table(rows)
-        return PreparedRows(rows, table, _copy_data(table), _lines(table.column("email_key")))
+        hit, refused = refusals(rows, *self._looked_up(_lines(table.column("email_key"))))
+        if hit is not None:
+            table = table.filter(pa.array(~hit))
+        return PreparedRows(rows, table, _copy_data(table), refused)
 
     def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)
@@ -333,33 +362,49 @@ class PostgresLeadStore:
         return pa.table([columns[c] for c in LEAD_COLUMNS], names=list(LEAD_COLUMNS))
 
     def store(self, prepared: PreparedRows) -> StoreResult:
-        rows, table, data = prepared.rows, prepared.table, prepared.data
+        table, data = prepared.table, prepared.data
         assert table is not None and data is not None, "prepared by another store"
-        hit, refused = refusals(rows, *self._looked_up(prepared.keys))
-        if hit is not None:
-            table = table.filter(pa.array(~hit))
-            data = _copy_data(table)
         if table.num_rows:
-            self._copy(data, table.num_rows)
-        return StoreResult(table.num_rows, refused)
+            self._copy_writer().write(data)
+            self._stored += table.num_rows
+        return StoreResult(table.num_rows, prepared.refused)
 
-    def _copy(self, data: memoryview, rows: int) -> None:
-        """COPY the rows with the insert trigger's counting switched off, and count them in one row instead."""
-        connection = self.session.connection()
-        connection.execute(_COUNTING_OFF)
-        driver = connection.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
-            f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN (FORMAT binary)"
-        ) as copy:
-            for piece in (_SIGNATURE, data, _TRAILER):
-                copy.write(piece)
-        connection.execute(_COUNTED, {"campaign_id": self.target.campaign_id, "n": rows})
+    def _copy_writer(self) -> Any:
+        """The import's COPY, started with the insert trigger's counting switched off (`finish` counts).
+        One COPY for every chunk: statements between chunks left PostgreSQL idle while they came and went."""
+        if self._copy is None:
+            connection = self.session.connection()
+            connection.execute(_COUNTING_OFF)
+            cursor = self._copying.enter_context(connection.connection.driver_connection.cursor())  # type: ignore[union-attr]
+            self._copy = self._copying.enter_context(
+                cursor.copy(f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN (FORMAT binary)"))
+            self._copy.write(_SIGNATURE)
+        return self._copy
+
+    def finish(self) -> None:
+        """End the COPY (PostgreSQL checks the last rows here) and count the rows it stored, in one row."""
+        if self._copy is not None:
+            self._copy.write(_TRAILER)
+            self._copy = None
+            self._copying.close()
+            self.session.execute(_COUNTED, {"campaign_id": self.target.campaign_id, "n": self._stored})
+        self.close()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Let go of the lookups' connection, and abandon a COPY still open (the import failed with `error`)."""
+        if self._copy is not None:
+            self._copy = None
+            failed = error or RuntimeError("the import ended before its last chunk")
+            self._copying.__exit__(type(failed), failed, failed.__traceback__)
+        if self._lookups is not None:
+            self._lookups.close()
+            self._lookups = None
 
 
-_IN_CAMPAIGN = text("SELECT email_key FROM leads WHERE campaign_id = :campaign_id "
-                    "AND email_key = ANY(string_to_array(CAST(:keys AS text), E'\\n'))")
-_SUPPRESSED = text("SELECT email FROM suppressions WHERE owner_id = :owner_id "
-                   "AND email = ANY(string_to_array(CAST(:keys AS text), E'\\n'))")
+_IN_CAMPAIGN = ("SELECT email_key FROM leads WHERE campaign_id = %(campaign_id)s "
+                "AND email_key = ANY(string_to_array(%(keys)s::text, E'\\n'))")
+_SUPPRESSED = ("SELECT email FROM suppressions WHERE owner_id = %(owner_id)s "
+               "AND email = ANY(string_to_array(%(keys)s::text, E'\\n'))")
 _COUNTING_OFF = text(f"SELECT set_config('{LEADS_COUNTED_SETTING}', 'on', true)")
 # The rows just copied, as the trigger would have counted them (all PENDING), and the trigger counting again.
 _COUNTED = text(f"""

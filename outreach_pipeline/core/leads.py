@@ -329,6 +329,13 @@ class _LeadWriter:
         self.rejects.write(rows)
 
 
+def _abandon(writer: _LeadWriter | None, report_file: RejectsWriter, error: BaseException) -> None:
+    """A failed import: its store lets go of what it holds (an open COPY, a connection), its report goes."""
+    if writer is not None:
+        writer.store.close(error)
+    report_file.discard()
+
+
 def _schema_reasons(frame: pd.DataFrame) -> dict[int, str]:
     try:
         LEAD_ROW_FRAME_SCHEMA.validate(frame, lazy=True)
@@ -390,6 +397,7 @@ def _run_import(
     session.add(lead_import)
     session.flush()
     report_file = RejectsWriter(rejects)
+    writer: _LeadWriter | None = None
     try:
         writer = _LeadWriter(session, campaign, lead_import, report_file, now)
         checker = _RowChecker()
@@ -401,14 +409,15 @@ def _run_import(
                 writer.add(checked, prepared)
         if writer.report.rows_read == 0:
             raise InvalidInputError("The file has a header but no rows.")
+        writer.store.finish()
         report = writer.report
         report.rejects_path = report_file.publish()
     except InvalidInputError as error:
-        report_file.discard()
+        _abandon(writer, report_file, error)
         _fail(session, campaign, source, now, error)
         raise
-    except BaseException:
-        report_file.discard()
+    except BaseException as error:
+        _abandon(writer, report_file, error)
         session.rollback()
         raise
     lead_import.status = ImportStatus.COMPLETED
