@@ -286,18 +286,23 @@ class _RowChecker:
         frame = batch.frame
         refused = list(batch.too_wide)
         reasons = _schema_reasons(frame)
-        refused += [(line, frame.at[line, "email"], reason) for line, reason in reasons.items()]
-        # Dropping or filtering nothing would still copy the frame; `assign` below copies it anyway.
-        valid = frame[~frame.index.isin(list(reasons))] if reasons else frame
+        emails = frame["email"]
+        kept = ~frame.index.isin(list(reasons)) if reasons else np.ones(len(frame), dtype=bool)
+        if reasons:
+            refused += [(line, emails.at[line], reason) for line, reason in reasons.items()]
+            emails = emails[kept]
 
-        keys = valid["email"].str.lower()
+        keys = emails.str.lower()
         hashes = np.fromiter(map(hash, keys.to_numpy(dtype=object)), dtype=np.int64, count=len(keys))
         repeated = keys.duplicated(keep="first").to_numpy(dtype=bool) | self.seen.contains(hashes)
         if repeated.any():
-            refused += [(line, email, DUPLICATE_IN_FILE) for line, email in valid["email"][repeated].items()]
-            valid, keys, hashes = valid[~repeated], keys[~repeated], hashes[~repeated]
+            refused += [(line, email, DUPLICATE_IN_FILE) for line, email in emails[repeated].items()]
+            keys, hashes = keys[~repeated], hashes[~repeated]
+            kept[kept] = ~repeated
         self.seen.add(hashes)
-        return _Checked(len(frame) + len(batch.too_wide), valid.assign(**{_KEY: keys}), refused)
+        # The frame is filtered once, for both reasons (each filter copies every column); `assign` copies too.
+        valid = frame if kept.all() else frame[kept]
+        return _Checked(len(frame) + len(batch.too_wide), valid.assign(**{_KEY: keys.array}), refused)
 
 
 class _LeadWriter:
