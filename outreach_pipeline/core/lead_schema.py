@@ -108,12 +108,19 @@ def _arrow_text(column: pd.Series) -> list[tuple[np.ndarray, np.ndarray]] | None
     for chunk in column.array.__arrow_array__().chunks:
         if chunk.type != _LARGE_TEXT:
             return None
-        _, offsets, data = chunk.buffers()
-        if data is None or not len(chunk):
-            continue
-        chunks.append((np.frombuffer(offsets, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1],
-                       np.frombuffer(data, dtype=np.uint8)))
+        if len(chunk):
+            chunks.append(large_text_buffers(chunk))
     return chunks
+
+
+def large_text_buffers(array: pyarrow.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A large-string (or large-binary) array's offsets, sliced to its own cells (a sliced array shares a
+    longer buffer), and the bytes they point into; without a copy."""
+    _, offsets, data = array.buffers()
+    if offsets is None or data is None:
+        return np.zeros(len(array) + 1, dtype=np.int64), np.empty(0, dtype=np.uint8)
+    ends = np.frombuffer(offsets, dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    return ends, np.frombuffer(data, dtype=np.uint8)
 
 
 def _clear_of(column: pd.Series, forbidden: np.ndarray) -> bool:

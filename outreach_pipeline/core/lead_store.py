@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from sqlalchemy import exists, select, text
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
+from outreach_pipeline.core.lead_schema import STANDARD_FIELDS, large_text_buffers
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
@@ -243,12 +243,9 @@ def _escaped(value: pa.Array, escapes: tuple[tuple[str, str], ...] = _JSON_ESCAP
 
 
 def _bytes(value: pa.Array) -> np.ndarray:
-    """The UTF-8 bytes of a large-string array's values, one after the other (no copy)."""
-    _, offsets, data = value.buffers()
-    if data is None:
-        return np.empty(0, dtype=np.uint8)
-    ends = np.frombuffer(offsets, dtype=np.int64)[value.offset:value.offset + len(value) + 1]
-    return np.frombuffer(data, dtype=np.uint8)[ends[0]:ends[-1]]
+    """The bytes of a large-string (or large-binary) array's values, one after the other (no copy)."""
+    ends, data = large_text_buffers(value)
+    return data[ends[0]:ends[-1]]
 
 
 # COPY's binary format: a signature, then per row the number of fields and each field as its length (-1 for
