@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -360,6 +360,18 @@ def _waiting_for_a_lock(sessions: sessionmaker[Session]) -> bool:
                                         "AND datname = current_database()")))
 
 
+def _while_locked(sessions: sessionmaker[Session], holder: Callable[[Session], None], work: Callable[[], None],
+                  waiting_for: str) -> None:
+    """Run `work` in a thread while `holder`'s transaction holds the locks it took: the work must wait for
+    them (checked in pg_locks), then go on once that transaction commits."""
+    with session_scope(sessions) as holding:
+        holder(holding)
+        worker = threading.Thread(target=work)
+        worker.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, waiting_for)
+    worker.join(10)
+
+
 @pytest.mark.postgres
 def test_a_claim_waiting_on_a_pause_claims_nothing_once_the_pause_commits(sessions: sessionmaker[Session]) -> None:
     seeded = seed_campaign(sessions, 3)
@@ -370,12 +382,10 @@ def test_a_claim_waiting_on_a_pause_claims_nothing_once_the_pause_commits(sessio
         with session_scope(sessions) as session:
             result["claimed"] = claim_due_jobs(session, now, 10, now, now)
 
-    with session_scope(sessions) as pausing:  # the API's pause: the campaign row locked, then changed
+    def pause(pausing: Session) -> None:  # the API's pause: the campaign row locked, then changed
         pause_campaign(pausing, get_campaign(pausing, seeded.owner_id, seeded.campaign_id, lock=True))
-        claimer = threading.Thread(target=claim)
-        claimer.start()
-        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the claim to wait for the paused campaign")
-    claimer.join(10)
+
+    _while_locked(sessions, pause, claim, "the claim to wait for the paused campaign")
 
     assert result["claimed"] == []
     assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.PENDING: 3}
@@ -402,13 +412,10 @@ def test_leads_added_while_a_launch_commits_get_their_first_email(sessions: sess
             assert draft.status == CampaignStatus.DRAFT  # what the launch has not committed yet
             result["report"] = add_leads(session, draft, [{"email": "late@lead.example"}])
 
-    with session_scope(sessions) as launching:
-        launch_campaign(launching, get_campaign(launching, owner_id, campaign_id, lock=True),
-                        now=datetime.now(UTC))
-        adder = threading.Thread(target=add_late_lead)
-        adder.start()
-        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the import to wait for the launch")
-    adder.join(10)
+    def launch(launching: Session) -> None:
+        launch_campaign(launching, get_campaign(launching, owner_id, campaign_id, lock=True), now=datetime.now(UTC))
+
+    _while_locked(sessions, launch, add_late_lead, "the import to wait for the launch")
 
     assert result["report"].stored == 1
     with session_scope(sessions) as session:
@@ -429,12 +436,10 @@ def test_the_bounce_guard_leaves_a_campaign_its_owner_completed_meanwhile(sessio
         with session_scope(sessions) as session:
             result["paused"] = pause_bouncing_campaigns(session, max_rate=0.05, min_sent=1)
 
-    with session_scope(sessions) as completing:  # the owner completes it; the guard reads it ACTIVE meanwhile
+    def complete(completing: Session) -> None:  # the owner completes it; the guard reads it ACTIVE meanwhile
         complete_campaign(completing, get_campaign(completing, seeded.owner_id, seeded.campaign_id, lock=True))
-        guarding = threading.Thread(target=guard)
-        guarding.start()
-        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the guard to wait for the campaign")
-    guarding.join(10)
+
+    _while_locked(sessions, complete, guard, "the guard to wait for the campaign")
 
     assert result["paused"] == []
     with session_scope(sessions) as session:
