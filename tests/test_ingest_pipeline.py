@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, Definitions, ExecuteInProcessResult, instance_for_test
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.assets.leads import lead_file_import, lead_files
@@ -207,6 +207,39 @@ def test_a_crash_in_the_middle_of_an_import_stores_nothing_and_a_rerun_stores_ea
             ImportStatus.COMPLETED, ImportStatus.COMPLETED]
     assert rejects.read_text(encoding="utf-8").splitlines() == [
         "line,email,reason", "3002,LEAD7@crash.example,duplicate in file"]
+
+
+class SlowStream(io.BytesIO):
+    """A file that arrives slowly, a few KB at a time, as from a slow disk or network."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        time.sleep(0.01)
+        return super().read(min(size, 8192) if size is not None and size >= 0 else 8192)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        block = self.read(len(buffer))
+        buffer[: len(block)] = block
+        return len(block)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_import_outlasting_the_statement_timeout_still_lands(sessions: sessionmaker[Session],
+                                                                 campaign_id: int) -> None:
+    """The import's single COPY lasts as long as the file takes to read: a statement timeout meant for
+    queries must not end it. The timeout is lifted for the import's transaction only."""
+    rows = "".join(f"lead{n}@slow.example,Lead {n}\n" for n in range(4000))
+    with session_scope(sessions) as session:
+        session.execute(text("SET statement_timeout = '100ms'"))  # for the connection, as a role setting would
+        started = time.perf_counter()
+        report = import_leads_csv(session, session.get_one(Campaign, campaign_id),
+                                  SlowStream(f"email,first_name\n{rows}".encode()), "slow", chunk_rows=500)
+        assert time.perf_counter() - started > 0.3  # several times the timeout
+        assert report.stored == 4000
+        assert session.scalar(text("SHOW statement_timeout")) == "100ms"  # back once the import committed
+        session.execute(text("RESET statement_timeout"))
 
 
 def test_repeats_are_found_across_many_chunks(sessions: sessionmaker[Session], campaign_id: int) -> None:

@@ -1,9 +1,9 @@
 """Storing validated lead rows: skip addresses already in the campaign or suppressed, insert the rest.
 
 Two ways to one result. PostgreSQL gets the fast path: imports into one campaign take turns (an advisory
-lock), so each chunk's addresses are looked up among the campaign's leads and the owner's suppressions,
-and the rest goes into `leads` through one `COPY`, rows prepared in Arrow (reply tokens, custom fields as
-JSON). SQLite (the embedded default) gets the portable one: look up, then `executemany`.
+lock), so the campaign's addresses and the owner's suppressions are read once, each chunk is checked
+against them, and the rest goes into `leads` through one `COPY`, rows prepared in Arrow (reply tokens,
+custom fields as JSON). SQLite (the embedded default) gets the portable one: look up, then `executemany`.
 Rows arrive as a frame indexed by their file line, with `email_key` (the lower-cased address) beside them.
 """
 
@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import exists, select, text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy.orm import Session
 
+from outreach_pipeline.core.key_hashes import HashedKeys, key_hashes
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS, large_text_buffers
 from outreach_pipeline.db.dialect import insert_ignoring_conflicts, is_postgresql
 from outreach_pipeline.db.locks import lock_campaign
 from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
-from outreach_pipeline.db.session import unpooled_connection
 
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
@@ -290,20 +290,14 @@ def _binary(value: bytes) -> pa.Scalar:
     return pa.scalar(value, pa.large_binary())
 
 
-def _lines(values: pa.ChunkedArray) -> str:
-    """The values one per line, as one text parameter the server splits: a list would be adapted element by
-    element in Python. (Addresses hold no line break: the schema refuses control characters.)"""
-    lines = pc.binary_join_element_wise(values.combine_chunks(), _text("\n"), _text(""))
-    return _bytes(lines).tobytes().decode()[:-1]
-
-
 def _text(value: str) -> pa.Scalar:
     return pa.scalar(value, pa.large_string())
 
 
 class PostgresLeadStore:
-    """Imports into one campaign take turns. The reading thread looks up each chunk's addresses on a connection
-    of its own; the import's connection does nothing but one COPY that takes every chunk."""
+    """Imports into one campaign take turns. The campaign's addresses and the owner's suppressions are read
+    once, under the turn, as hashes the reading thread checks each chunk against; the import's connection
+    then does nothing but one COPY that takes every chunk."""
 
     def __init__(self, session: Session, target: StoreTarget) -> None:
         self.session = session
@@ -312,39 +306,34 @@ class PostgresLeadStore:
         # plainly: an INSERT ... ON CONFLICT DO NOTHING from a staging table cost twice as much per row.
         session.execute(text("SELECT pg_advisory_xact_lock(:space, :campaign_id)"),
                         {"space": IMPORT_LOCK_SPACE, "campaign_id": target.campaign_id})
-        # Known once, under the lock: into an empty campaign (the usual large import) no row can conflict,
-        # since the file holds each address once.
-        self.campaign_had_leads = session.scalar(
-            select(exists().where(Lead.campaign_id == target.campaign_id))) or False
-        self._lookups: Any = None  # the reading thread's connection, opened with the first lookup
+        # Read now, not chunk by chunk: statements between chunks left PostgreSQL idle while they came and
+        # went. Other imports into the campaign wait for this one; a suppression that lands during the import
+        # is not seen here, and sending checks every address again anyway.
+        self.in_campaign = _hashed(session, _IN_CAMPAIGN, campaign_id=target.campaign_id)
+        self.suppressed = _hashed(session, _SUPPRESSED, owner_id=target.owner_id)
         self._copying = ExitStack()  # the COPY, open from the first stored row to `finish`
         self._copy: Any = None
         self._stored = 0
 
-    def _found(self, statement: str, keys: str, **params: Any) -> set[str]:
-        if self._lookups is None:
-            # Outside the session's pool: an import must never wait for a connection the pool may not have.
-            self._lookups = unpooled_connection(self.session.get_bind(), autocommit=True)
-        return {row[0] for row in self._lookups.execute(statement, {**params, "keys": keys})}
-
-    def _looked_up(self, keys: str) -> tuple[set[str], set[str]]:
-        """The chunk's addresses (`keys`, one per line) already in the campaign, and those the owner suppressed.
-        What other transactions committed, as the import's own transaction would see it: the addresses it
-        stores itself are never looked up (the reading thread refuses a file's repeats)."""
-        if not keys:
-            return set(), set()
-        existing = (self._found(_IN_CAMPAIGN, keys, campaign_id=self.target.campaign_id)
-                    if self.campaign_had_leads else set())
-        return existing, self._found(_SUPPRESSED, keys, owner_id=self.target.owner_id)
-
     def prepare(self, rows: pd.DataFrame) -> PreparedRows:
-        """The chunk's lookups, and the rows that may land as the COPY's data: on the reading thread, while the
-        previous chunk is stored."""
+        """The rows that may land, as the COPY's data, and the others with their reasons: on the reading
+        thread, while the previous chunk is stored."""
         table = self._table(rows)
-        hit, refused = refusals(rows, *self._looked_up(_lines(table.column("email_key"))))
+        hit, refused = self._refusals(rows)
         if hit is not None:
             table = table.filter(pa.array(~hit))
         return PreparedRows(rows, table, _copy_data(table), refused)
+
+    def _refusals(self, rows: pd.DataFrame) -> tuple[np.ndarray | None, list[tuple[int, str, str]]]:
+        """As `refusals`, from the hashes: a suppressed address is reported as such wherever it is."""
+        hashes = key_hashes(rows["email_key"])
+        suppressed = self.suppressed.contains(hashes)
+        hit = suppressed | self.in_campaign.contains(hashes)
+        if not hit.any():
+            return None, []
+        return hit, [(int(line), email, SUPPRESSED if is_suppressed else ALREADY_IN_CAMPAIGN)
+                     for line, email, is_suppressed in zip(rows.index[hit], rows["email"][hit], suppressed[hit],
+                                                          strict=True)]
 
     def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)
@@ -368,10 +357,12 @@ class PostgresLeadStore:
 
     def _copy_writer(self) -> Any:
         """The import's COPY, started with the insert trigger's counting switched off (`finish` counts).
-        One COPY for every chunk: statements between chunks left PostgreSQL idle while they came and went."""
+        It runs as long as the file takes to read and check, so the transaction lifts any statement timeout
+        for it: a timeout meant for queries would otherwise end every import longer than itself."""
         if self._copy is None:
             connection = self.session.connection()
             connection.execute(_COUNTING_OFF)
+            connection.execute(_NO_STATEMENT_TIMEOUT)
             cursor = self._copying.enter_context(connection.connection.driver_connection.cursor())  # type: ignore[union-attr]
             self._copy = self._copying.enter_context(
                 cursor.copy(f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN (FORMAT binary)"))
@@ -385,23 +376,27 @@ class PostgresLeadStore:
             self._copy = None
             self._copying.close()
             self.session.execute(_COUNTED, {"campaign_id": self.target.campaign_id, "n": self._stored})
-        self.close()
 
     def close(self, error: BaseException | None = None) -> None:
-        """Let go of the lookups' connection, and abandon a COPY still open (the import failed with `error`)."""
+        """Abandon a COPY still open: the import failed with `error`."""
         if self._copy is not None:
             self._copy = None
             failed = error or RuntimeError("the import ended before its last chunk")
             self._copying.__exit__(type(failed), failed, failed.__traceback__)
-        if self._lookups is not None:
-            self._lookups.close()
-            self._lookups = None
 
 
-_IN_CAMPAIGN = ("SELECT email_key FROM leads WHERE campaign_id = %(campaign_id)s "
-                "AND email_key = ANY(string_to_array(%(keys)s::text, E'\\n'))")
-_SUPPRESSED = ("SELECT email FROM suppressions WHERE owner_id = %(owner_id)s "
-               "AND email = ANY(string_to_array(%(keys)s::text, E'\\n'))")
+def _hashed(session: Session, statement: TextClause, **params: Any) -> HashedKeys:
+    """The addresses a query returns, as hashes, streamed in batches (a campaign may hold millions)."""
+    keys = HashedKeys()
+    result = session.execute(statement.execution_options(yield_per=LOOKUP_BATCH * 10), params)
+    for batch in result.scalars().partitions():
+        keys.add(key_hashes(batch))
+    return keys
+
+
+_IN_CAMPAIGN = text("SELECT email_key FROM leads WHERE campaign_id = :campaign_id")
+_SUPPRESSED = text("SELECT email FROM suppressions WHERE owner_id = :owner_id")
+_NO_STATEMENT_TIMEOUT = text("SET LOCAL statement_timeout = 0")
 _COUNTING_OFF = text(f"SELECT set_config('{LEADS_COUNTED_SETTING}', 'on', true)")
 # The rows just copied, as the trigger would have counted them (all PENDING), and the trigger counting again.
 _COUNTED = text(f"""

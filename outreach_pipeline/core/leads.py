@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.jobs import schedule_first_jobs
+from outreach_pipeline.core.key_hashes import HashedKeys, key_hashes
 from outreach_pipeline.core.lead_file import RecordChunk, collector_paused, open_lead_file, rows_table
 from outreach_pipeline.core.lead_schema import (
     LEAD_ROW_FRAME_SCHEMA,
@@ -243,44 +244,12 @@ class _Checked:
     refused: list[tuple[int, Any, str]]
 
 
-class _SeenKeys:
-    """The addresses of the file's earlier chunks, as 64-bit hashes: 8 bytes each, where a set of the
-    strings held about 120 MB per million rows and grew with the file. Python's string hash (SipHash,
-    keyed per process) collides for two of a million addresses about once in 40 million imports; the
-    row would be refused as a duplicate in file, in the rejects report, not lost unseen."""
-
-    MERGE_AFTER = 8  # sorted runs kept before they are merged into one
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-
-    def contains(self, hashes: np.ndarray) -> np.ndarray:
-        # Looked up in ascending order: each search starts where the previous one ended, which halves the
-        # cache misses in a run of a million.
-        order = np.argsort(hashes)
-        ascending = hashes[order]
-        found = np.zeros(len(hashes), dtype=bool)
-        for run in self.runs:
-            at = np.searchsorted(run, ascending).clip(max=len(run) - 1)
-            found |= run[at] == ascending
-        unsorted = np.empty_like(found)
-        unsorted[order] = found
-        return unsorted
-
-    def add(self, hashes: np.ndarray) -> None:
-        if len(hashes):
-            self.runs.append(np.sort(hashes))
-        if len(self.runs) > self.MERGE_AFTER:
-            # Stable sort is timsort here, which merges the sorted runs: several times faster than quicksort.
-            self.runs = [np.sort(np.concatenate(self.runs), kind="stable")]
-
-
 class _RowChecker:
     """Validates a batch and drops repeats of addresses seen earlier in the file. Touches no database,
     so it can run a chunk ahead of the store, in another thread."""
 
     def __init__(self) -> None:
-        self.seen = _SeenKeys()
+        self.seen = HashedKeys()
 
     def check(self, batch: _Batch) -> _Checked:
         frame = batch.frame
@@ -293,7 +262,7 @@ class _RowChecker:
             emails = emails[kept]
 
         keys = emails.str.lower()
-        hashes = np.fromiter(map(hash, keys.to_numpy(dtype=object)), dtype=np.int64, count=len(keys))
+        hashes = key_hashes(keys)
         repeated = keys.duplicated(keep="first").to_numpy(dtype=bool) | self.seen.contains(hashes)
         if repeated.any():
             refused += [(line, email, DUPLICATE_IN_FILE) for line, email in emails[repeated].items()]

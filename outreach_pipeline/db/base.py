@@ -96,7 +96,7 @@ class JsonText(TypeDecorator[Any]):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        # A json or JSONB column (a database not yet at migration 0014) comes back already parsed.
+        # A json or JSONB column comes back already parsed: reads work before migration 0014 (writes need it).
         return json.loads(value) if dialect.name == "postgresql" and isinstance(value, str) else value
 
 

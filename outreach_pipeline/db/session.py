@@ -53,13 +53,6 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def unpooled_connection(engine: Engine, **options: Any) -> Any:
-    """A new DBAPI connection to the engine's database, outside its pool (the caller closes it): for work on a
-    second connection beside a pooled one, which must not wait for the pool to have one more."""
-    cargs, cparams = engine.dialect.create_connect_args(engine.url)
-    return engine.dialect.dbapi.connect(*cargs, **{**cparams, **options})  # type: ignore[union-attr]
-
-
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
