@@ -361,7 +361,8 @@ EXAMPLE_LEADS = 5
 def _leads_without(session: Session, campaign: Campaign, field: str, step_number: int) -> tuple[int, list[str]]:
     """How many leads still to receive a step have no value for a standard column or custom field, and a few
     of their addresses. Still to receive: waiting, or contacted without that step gone out (PENDING or none)."""
-    value = getattr(Lead, field) if field in NULLABLE_LEAD_COLUMNS else lead_custom_field(field, session.get_bind().dialect)
+    value = (getattr(Lead, field) if field in NULLABLE_LEAD_COLUMNS
+             else lead_custom_field(field, session.get_bind().dialect))
     step_done = select(EmailJob.id).where(EmailJob.lead_id == Lead.id, EmailJob.step_number == step_number,
                                           EmailJob.status != JobStatus.PENDING).exists()
     lacking = (Lead.campaign_id == campaign.id, Lead.status.in_([LeadStatus.PENDING, LeadStatus.CONTACTED]),

@@ -51,12 +51,12 @@ class StoreResult:
 
 @dataclass(frozen=True)
 class PreparedRows:
-    """Checked rows, with whatever a store works out for them before it needs the database."""
+    """Checked rows, with whatever a store works out for them before it writes."""
 
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
     data: memoryview | None = None  # and the COPY's data for all of them (binary format)
-    refused: list[tuple[int, str, str]] = field(default_factory=list)  # and those the lookups refused
+    refused: list[tuple[int, str, str]] = field(default_factory=list)  # and those refused (already there, suppressed)
 
 
 def reply_token_bytes(import_id: int, lines: Iterable[int]) -> np.ndarray:
@@ -201,13 +201,13 @@ class PortableLeadStore:
         return set(result.scalars())
 
 
-# --- PostgreSQL: look up the chunk's addresses, then COPY the rest straight into leads -------------------
+# --- PostgreSQL: check each chunk against the addresses read once, then COPY the rest into leads ---------
 
 
 _TEXT_COLUMNS = ("email", "email_key", *[f for f in STANDARD_FIELDS if f != "email"])
 # What the COPY sends; status (PENDING) and created_at (the transaction's time) are the columns' defaults.
 LEAD_COLUMNS = ("campaign_id", *_TEXT_COLUMNS, "custom_fields", "reply_token", "import_id")
-# While it is 'on' in a transaction, the leads insert trigger does not count rows (migration 0013): the COPY
+# While it is 'on' in a transaction, the leads insert trigger does not count rows (migration 0013): the import
 # counts its rows into campaign_counts itself, with one row, instead of PostgreSQL counting them one by one.
 LEADS_COUNTED_SETTING = "outreach.leads_counted"
 # What JSON must escape in a string that passed the schema (no control characters but tab and line breaks).
@@ -363,7 +363,8 @@ class PostgresLeadStore:
             connection = self.session.connection()
             connection.execute(_COUNTING_OFF)
             connection.execute(_NO_STATEMENT_TIMEOUT)
-            cursor = self._copying.enter_context(connection.connection.driver_connection.cursor())  # type: ignore[union-attr]
+            driver = connection.connection.driver_connection
+            cursor = self._copying.enter_context(driver.cursor())  # type: ignore[union-attr]
             self._copy = self._copying.enter_context(
                 cursor.copy(f"COPY leads ({', '.join(LEAD_COLUMNS)}) FROM STDIN (FORMAT binary)"))
             self._copy.write(_SIGNATURE)
