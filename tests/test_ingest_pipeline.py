@@ -25,6 +25,7 @@ from outreach_pipeline.assets.leads import lead_file_import, lead_files
 from outreach_pipeline.checks import campaign_size_limit, lead_file_reject_rate
 from outreach_pipeline.core.campaigns import CampaignCreate, create_campaign
 from outreach_pipeline.core.lead_schema import STANDARD_FIELDS
+from outreach_pipeline.core import lead_store
 from outreach_pipeline.core.lead_store import StoreTarget, lead_store_for
 from outreach_pipeline.core.leads import add_leads, import_leads_csv
 from outreach_pipeline.db.base import utcnow
@@ -278,6 +279,30 @@ def test_an_address_both_in_the_campaign_and_suppressed_is_reported_as_suppresse
     # The stronger fact wins: the address must never be mailed, whichever campaign holds it.
     assert [(r.line, r.email, r.reason) for r in again.first_rejects] == [
         (2, "ann@one.example", "suppressed"), (3, "bo@two.example", "already in campaign")]
+
+
+def test_a_campaign_s_addresses_and_suppressions_read_in_many_batches_refuse_each_their_own(
+    sessions: sessionmaker[Session], campaign_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads what the campaign holds and what its owner suppressed once, a batch at a time, into
+    sorted runs of hashes that merge as they grow: every one of them must refuse its address, and no other."""
+    monkeypatch.setattr(lead_store, "KEYS_READ_PER_BATCH", 3)  # 40 addresses: 14 batches, runs merged
+    held = [f"held{n}@many.example" for n in range(40)]
+    with session_scope(sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        assert add_leads(session, campaign, [{"email": email} for email in held]).stored == 40
+        session.add_all(Suppression(owner_id=campaign.owner_id, email=f"gone{n}@many.example", reason="unsubscribe")
+                        for n in range(20))
+
+    fresh = [f"new{n}@many.example" for n in range(30)]
+    emails = [held[n].upper() for n in range(0, 40, 3)] + [f"gone{n}@many.example" for n in range(0, 20, 2)] + fresh
+    with session_scope(sessions) as session:
+        report = import_leads_csv(session, session.get_one(Campaign, campaign_id),
+                                  io.BytesIO(("email\n" + "\n".join(emails) + "\n").encode()), "api", chunk_rows=7)
+    assert (report.stored, dict(report.reasons)) == (30, {"already in campaign": 14, "suppressed": 10})
+    with session_scope(sessions) as session:
+        stored = set(session.scalars(select(Lead.email_key).where(Lead.import_id == report.import_id)))
+    assert stored == set(fresh)
 
 
 def test_json_leads_with_lone_surrogates_are_refused_or_stored_never_crash(

@@ -32,6 +32,7 @@ from outreach_pipeline.db.models import Lead, LeadStatus, Suppression
 ALREADY_IN_CAMPAIGN = "already in campaign"
 SUPPRESSED = "suppressed"
 LOOKUP_BATCH = 5000
+KEYS_READ_PER_BATCH = 50_000  # addresses fetched at a time when a PostgreSQL import reads them once
 IMPORT_LOCK_SPACE = 0x1EAD  # first key of the advisory lock that serialises imports into one campaign
 
 
@@ -389,8 +390,8 @@ class PostgresLeadStore:
 def _hashed(session: Session, statement: TextClause, **params: Any) -> HashedKeys:
     """The addresses a query returns, as hashes, streamed in batches (a campaign may hold millions)."""
     keys = HashedKeys()
-    result = session.execute(statement.execution_options(yield_per=LOOKUP_BATCH * 10), params)
-    for batch in result.scalars().partitions():
+    result = session.execute(statement.execution_options(stream_results=True), params)  # a server-side cursor
+    for batch in result.scalars().partitions(KEYS_READ_PER_BATCH):
         keys.add(key_hashes(batch))
     return keys
 
