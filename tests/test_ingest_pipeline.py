@@ -149,7 +149,19 @@ def test_the_size_check_warns_when_an_import_pushes_the_campaign_over_its_limit(
     assert size.description == f"campaign {campaign_id} holds 10 leads (limit 5)"
 
 
-class FailingStream(io.BytesIO):
+class _ReadStream(io.BytesIO):
+    """A file whose every way of reading goes through `read`, which subclasses change."""
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        block = self.read(len(buffer))
+        buffer[: len(block)] = block
+        return len(block)
+
+
+class FailingStream(_ReadStream):
     """A file whose reading fails part-way through the rows, as a disk or network read can."""
 
     def __init__(self, data: bytes, fail_after_second_pass_bytes: int) -> None:
@@ -164,14 +176,6 @@ class FailingStream(io.BytesIO):
         if self.consumed > self.budget:
             raise OSError("connection reset while reading the lead file")
         return block
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        block = self.read(len(buffer))
-        buffer[: len(block)] = block
-        return len(block)
 
 
 def test_a_crash_in_the_middle_of_an_import_stores_nothing_and_a_rerun_stores_each_lead_once(
@@ -210,20 +214,12 @@ def test_a_crash_in_the_middle_of_an_import_stores_nothing_and_a_rerun_stores_ea
         "line,email,reason", "3002,LEAD7@crash.example,duplicate in file"]
 
 
-class SlowStream(io.BytesIO):
+class SlowStream(_ReadStream):
     """A file that arrives slowly, a few KB at a time, as from a slow disk or network."""
 
     def read(self, size: int | None = -1) -> bytes:
         time.sleep(0.01)
         return super().read(min(size, 8192) if size is not None and size >= 0 else 8192)
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        block = self.read(len(buffer))
-        buffer[: len(block)] = block
-        return len(block)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
