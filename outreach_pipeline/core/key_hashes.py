@@ -29,9 +29,6 @@ class HashedKeys:
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
 
-    def __len__(self) -> int:
-        return sum(len(run) for run in self.runs)
-
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         """A mask: which of `hashes` are in the set."""
         found = np.zeros(len(hashes), dtype=bool)

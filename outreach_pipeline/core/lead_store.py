@@ -57,7 +57,7 @@ class PreparedRows:
     rows: pd.DataFrame
     table: pa.Table | None = None  # PostgreSQL: every row as it will be COPYed
     data: memoryview | None = None  # and the COPY's data for all of them (binary format)
-    refused: list[tuple[int, str, str]] = field(default_factory=list)  # and those refused (already there, suppressed)
+    refused: list[tuple[int, str, str]] = field(default_factory=list)  # and those already there or suppressed
 
 
 def reply_token_bytes(import_id: int, lines: Iterable[int]) -> np.ndarray:
@@ -75,16 +75,11 @@ def reply_token_bytes(import_id: int, lines: Iterable[int]) -> np.ndarray:
 
 def reply_tokens(import_id: int, lines: Iterable[int]) -> list[str]:
     """The same tokens as 32 hex digits, the form `Lead.reply_token` holds."""
-    tokens = reply_token_bytes(import_id, lines)
-    digits = np.empty((len(tokens), 32), dtype=np.uint8)
-    digits[:, 0::2] = _HEX_DIGITS[tokens >> 4]
-    digits[:, 1::2] = _HEX_DIGITS[tokens & 0xF]
-    text = digits.tobytes().decode("ascii")
-    return [text[start : start + 32] for start in range(0, len(text), 32)]
+    digits = reply_token_bytes(import_id, lines).tobytes().hex()
+    return [digits[start : start + 32] for start in range(0, len(digits), 32)]
 
 
 _UINT32 = 0xFFFFFFFF
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 class LeadStore(Protocol):
@@ -119,16 +114,24 @@ def custom_columns(rows: pd.DataFrame) -> list[str]:
 
 def refusals(rows: pd.DataFrame, existing: set[str], suppressed: set[str]
              ) -> tuple[np.ndarray | None, list[tuple[int, str, str]]]:
-    """Which rows are refused (a mask, None when none is) and why, as (line, email, reason). Suppression wins
-    over a duplicate: the address must never be mailed, whichever campaign holds it."""
+    """`refused_rows` for the addresses (`email_key`s) the campaign holds and the owner suppressed."""
     if not existing and not suppressed:
         return None, []
-    hit = rows["email_key"].isin(existing | suppressed).to_numpy(dtype=bool)
+    keys = rows["email_key"]
+    return refused_rows(rows, keys.isin(suppressed).to_numpy(dtype=bool), keys.isin(existing).to_numpy(dtype=bool))
+
+
+def refused_rows(rows: pd.DataFrame, suppressed: np.ndarray, existing: np.ndarray
+                 ) -> tuple[np.ndarray | None, list[tuple[int, str, str]]]:
+    """Which rows are refused (a mask, None when none is) and why, as (line, email, reason), from masks of the
+    rows the owner suppressed and the campaign already holds. Suppression wins over a duplicate: the address
+    must never be mailed, whichever campaign holds it."""
+    hit = suppressed | existing
     if not hit.any():
         return None, []
-    refused = [(int(line), email, SUPPRESSED if key in suppressed else ALREADY_IN_CAMPAIGN)
-               for line, email, key in zip(rows.index[hit], rows["email"][hit], rows["email_key"][hit], strict=True)]
-    return hit, refused
+    return hit, [(int(line), email, SUPPRESSED if is_suppressed else ALREADY_IN_CAMPAIGN)
+                 for line, email, is_suppressed in zip(rows.index[hit], rows["email"][hit], suppressed[hit],
+                                                      strict=True)]
 
 
 def split_refused(rows: pd.DataFrame, existing: set[str], suppressed: set[str]
@@ -257,7 +260,7 @@ _INT4 = np.dtype(">i4")
 
 
 def _copy_data(table: pa.Table) -> memoryview:
-    """The rows as binary COPY data (without the signature and trailer `_copy` sends around them), built
+    """The rows as binary COPY data (without the signature and trailer the COPY sends around them), built
     column-wise in Arrow with one join. PostgreSQL reads it with less work than the text format: no line
     splitting, no unescaping, no parsing of numbers and uuids."""
     fields: list[pa.Array | pa.Scalar] = [_binary(table.num_columns.to_bytes(2, "big"))]
@@ -320,21 +323,11 @@ class PostgresLeadStore:
         """The rows that may land, as the COPY's data, and the others with their reasons: on the reading
         thread, while the previous chunk is stored."""
         table = self._table(rows)
-        hit, refused = self._refusals(rows)
+        hashes = key_hashes(rows["email_key"])
+        hit, refused = refused_rows(rows, self.suppressed.contains(hashes), self.in_campaign.contains(hashes))
         if hit is not None:
             table = table.filter(pa.array(~hit))
         return PreparedRows(rows, table, _copy_data(table), refused)
-
-    def _refusals(self, rows: pd.DataFrame) -> tuple[np.ndarray | None, list[tuple[int, str, str]]]:
-        """As `refusals`, from the hashes: a suppressed address is reported as such wherever it is."""
-        hashes = key_hashes(rows["email_key"])
-        suppressed = self.suppressed.contains(hashes)
-        hit = suppressed | self.in_campaign.contains(hashes)
-        if not hit.any():
-            return None, []
-        return hit, [(int(line), email, SUPPRESSED if is_suppressed else ALREADY_IN_CAMPAIGN)
-                     for line, email, is_suppressed in zip(rows.index[hit], rows["email"][hit], suppressed[hit],
-                                                          strict=True)]
 
     def _table(self, rows: pd.DataFrame) -> pa.Table:
         n = len(rows)

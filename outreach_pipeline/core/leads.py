@@ -256,9 +256,10 @@ class _RowChecker:
         refused = list(batch.too_wide)
         reasons = _schema_reasons(frame)
         emails = frame["email"]
-        kept = ~frame.index.isin(list(reasons)) if reasons else np.ones(len(frame), dtype=bool)
+        kept = np.ones(len(frame), dtype=bool)
         if reasons:
             refused += [(line, emails.at[line], reason) for line, reason in reasons.items()]
+            kept = ~frame.index.isin(list(reasons))
             emails = emails[kept]
 
         keys = emails.str.lower()
@@ -304,7 +305,7 @@ class _LeadWriter:
 
 
 def _abandon(writer: _LeadWriter | None, report_file: RejectsWriter, error: BaseException) -> None:
-    """A failed import: its store lets go of what it holds (an open COPY, a connection), its report goes."""
+    """A failed import: its store abandons what it holds open (a COPY), its report goes."""
     if writer is not None:
         writer.store.close(error)
     report_file.discard()

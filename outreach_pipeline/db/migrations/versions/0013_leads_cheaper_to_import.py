@@ -5,8 +5,9 @@ Measured on 1M leads COPYed into `leads` (backend CPU): parsing the custom field
 12.2 s, where json only checks the text; sending status and time with every row instead of defaults cost
 1.0 s; the counters' statement trigger 1.5 s, most of it capturing every new row into its transition
 table; the reply tokens' unique index 0.6-1.2 s as text and nothing measurable as uuid (the same 128 bits,
-16 bytes compared as bytes; PostgreSQL reads the 32 digits without dashes). The insert trigger becomes a row trigger that an import's COPY switches off (the setting
-`outreach.leads_counted`, local to its transaction) while it counts its rows into campaign_counts itself;
+16 bytes compared as bytes; PostgreSQL reads the 32 digits without dashes). The insert trigger becomes a row
+trigger that an import's COPY switches off (the setting `outreach.leads_counted`, local to its transaction)
+while it counts its rows into campaign_counts itself;
 any other insert is still counted, row by row. Nothing reads custom fields in a way only JSONB can serve
 (key lookups work on json too). SQLite is left as it is: its store sends every column and its row
 triggers stay.
