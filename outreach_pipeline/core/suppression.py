@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, literal_column, select
+from sqlalchemy import bindparam, delete, func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.db.dialect import among
@@ -40,10 +41,18 @@ def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> 
         if key not in chosen or _outranks(reason, chosen[key]):
             chosen[key] = reason
     rows = sorted(chosen.items())  # in key order: concurrent writers take the index's locks in one order
-    if rows:
-        # Core rows, not ORM objects: the batch of webhook events that stops leads runs this once for all.
-        connection = session.connection()
-        connection.execute(_UPSERTS[connection.dialect.name], [
+    if not rows:
+        return
+    # Core rows, not ORM objects: the batch of webhook events that stops leads runs this once for all.
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # One statement over arrays: an executemany goes through psycopg's pipeline mode, whose set-up cost
+        # a quarter of a webhook batch's time in Python.
+        connection.execute(_UPSERT_ARRAYS, {"owner_ids": [owner_id for (owner_id, _), _ in rows],
+                                            "emails": [email for (_, email), _ in rows],
+                                            "reasons": [reason for _, reason in rows]})
+    else:
+        connection.execute(_UPSERT_ROWS, [
             {"owner_id": owner_id, "email": email, "reason": reason} for (owner_id, email), reason in rows])
 
 
@@ -51,18 +60,32 @@ def _outranks(reason: str, held: str) -> bool:
     return held in PROVIDER_REASONS and reason not in PROVIDER_REASONS
 
 
-def _upsert(postgres: bool) -> Any:
-    """INSERT ... ON CONFLICT: an entry already there takes the new reason only if that one outranks it."""
-    table = Suppression.__table__
-    statement = (postgresql.insert if postgres else sqlite.insert)(table)
+_TABLE = Suppression.__table__
+
+
+def _on_conflict(statement: Any) -> Any:
+    """An entry already there takes the new reason only if that one outranks it."""
     # Written into the SQL: an executemany takes no expanding IN parameter.
     reasons = [literal_column(f"'{reason}'") for reason in sorted(PROVIDER_REASONS)]
     return statement.on_conflict_do_update(
         index_elements=["owner_id", "email"], set_={"reason": statement.excluded.reason},
-        where=table.c.reason.in_(reasons) & statement.excluded.reason.not_in(reasons))
+        where=_TABLE.c.reason.in_(reasons) & statement.excluded.reason.not_in(reasons))
 
 
-_UPSERTS = {"postgresql": _upsert(True), "sqlite": _upsert(False)}  # built once: see core/stops.py
+def _upsert_arrays() -> Any:
+    """PostgreSQL: INSERT ... SELECT FROM unnest(owner_ids, emails, reasons) ON CONFLICT ..."""
+    given = func.unnest(bindparam("owner_ids", type_=ARRAY(_TABLE.c.owner_id.type)),
+                        bindparam("emails", type_=ARRAY(_TABLE.c.email.type)),
+                        bindparam("reasons", type_=ARRAY(_TABLE.c.reason.type))
+                        ).table_valued("owner_id", "email", "reason").render_derived(name="given")
+    return _on_conflict(postgresql.insert(_TABLE).from_select(
+        ["owner_id", "email", "reason", "created_at"],
+        select(given.c.owner_id, given.c.email, given.c.reason, func.now())))
+
+
+# Built once (see core/stops.py).
+_UPSERT_ARRAYS = _upsert_arrays()
+_UPSERT_ROWS = _on_conflict(sqlite.insert(_TABLE))
 
 
 def suppress_domain(session: Session, owner_id: int, domain: str, reason: str = "manual") -> None:
