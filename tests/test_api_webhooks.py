@@ -132,6 +132,13 @@ def test_webhooks_without_the_right_basic_credentials_are_401(
             assert answer.headers["www-authenticate"] == 'Basic realm="webhooks"', (path, case)
     assert _events(client) == 0
 
+    # The credentials are checked before the body is read: a stranger's body is never parsed (a 400 here
+    # would say it was), and a stranger cannot make us read up to the webhook's large body limit.
+    for path in PATHS:
+        answer = client.post(path, content=b'{"RecordType": "Delivery", ', auth=("postmark", "guess"),
+                             headers={"Content-Type": "application/json"})
+        assert answer.status_code == 401, (path, answer.status_code)
+
     # With no password configured every webhook is refused, even one sending an empty password.
     unset = make_settings(tmp_path / "unset", database_url, webhook_password="")
     with TestClient(create_app(unset)) as locked:
