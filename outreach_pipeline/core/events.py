@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, literal_column, select, text, update
+from sqlalchemy import ColumnElement, Select, Update, bindparam, case, func, literal_column, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
 from outreach_pipeline.core.suppression import lift_provider_suppression, suppress
 from outreach_pipeline.db.base import utcnow
-from outreach_pipeline.db.dialect import among, in_list
+from outreach_pipeline.db.dialect import in_list
 from outreach_pipeline.db.models import (
     Campaign,
     EmailJob,
@@ -152,6 +152,18 @@ _TARGETS = {dialect: _target_query(dialect == "postgresql") for dialect in ("pos
 _JOB_TARGETS = {dialect: _job_target_query(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
 _JOBS = EmailJob.__table__
 _EVENTS = WebhookEvent.__table__
+
+
+def _stamp(column: str, postgresql: bool) -> Update:
+    """Stamp `column` of the jobs `job_ids` with `now`, where not stamped yet."""
+    return (update(_JOBS).where(in_list(_JOBS.c.id, "job_ids", postgresql), _JOBS.c[column].is_(None))
+            .values({column: bindparam("now", type_=_JOBS.c[column].type)}))
+
+
+_STAMPS = {dialect: {column: _stamp(column, dialect == "postgresql") for column in STAMPED_COLUMN.values()}
+           for dialect in ("postgresql", "sqlite")}
+
+
 # A stop signal stored without a lead (its message was not recorded yet: still SENDING after a crash, or in
 # the moment between the provider's answer and our commit, with no job id in its Metadata) is kept for
 # review; its replay, once the job is recorded, takes that row over and acts (the conflict updates the row
@@ -440,11 +452,11 @@ def _act(session: Session, stored: Stored, results: Results) -> None:
     for _, _, action in stored:
         if action.stamp is not None and action.job_id is not None:
             stamps.setdefault(action.stamp, set()).add(action.job_id)
+    connection = session.connection()
     for column, job_ids in stamps.items():
         # Each statement locks its rows in id order. Two writers stamping the same jobs in different columns
         # can still deadlock; PostgreSQL then fails one batch, which is applied again event by event.
-        session.connection().execute(update(_JOBS).where(among(session, _JOBS.c.id, sorted(job_ids)),
-                                                         _JOBS.c[column].is_(None)).values({column: now}))
+        connection.execute(_STAMPS[connection.dialect.name][column], {"job_ids": sorted(job_ids), "now": now})
     skipped = stop_leads(session, [action.stop for _, _, action in stored if action.stop is not None])
     for event_id, event, action in stored:
         corrected: str | None = None

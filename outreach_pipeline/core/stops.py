@@ -7,14 +7,15 @@ about what one does.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Update, bindparam, update
+from sqlalchemy import JSON, Integer, Text, Update, bindparam, cast, column, func, select, update
 from sqlalchemy.orm import Session
 
-from outreach_pipeline.core.suppression import suppress_many
+from outreach_pipeline.core.suppression import UPSERT_ARRAYS, chosen_entries, suppress_many, upsert_arrays_params
 from outreach_pipeline.db.dialect import in_list
 from outreach_pipeline.db.models import EmailJob, JobStatus, Lead, LeadStatus
 
@@ -50,6 +51,25 @@ def _statements(postgresql: bool) -> tuple[Update, Update]:
 _STATEMENTS = {dialect: _statements(dialect == "postgresql") for dialect in ("postgresql", "sqlite")}
 
 
+def _stop_all() -> Update:
+    """PostgreSQL: every stop of a batch in one statement. The stops come as one JSON parameter (lead, new
+    status or null, skip reason); the new statuses and the suppressions are data-modifying CTEs of the
+    UPDATE that skips the pending jobs and says which it skipped. Each part writes its own table, so none
+    depends on another's writes."""
+    given = (func.json_to_recordset(cast(bindparam("stops", type_=Text), JSON))
+             .table_valued(column("lead_id", Integer), column("status", Text), column("skip", Text))
+             .render_derived(name="given", with_types=True))
+    stops = select(given.c.lead_id, given.c.status, given.c.skip).cte("stops")
+    set_status = (update(_LEADS).where(_LEADS.c.id == stops.c.lead_id, stops.c.status.is_not(None))
+                  .values(status=stops.c.status).cte("set_status"))
+    return (update(_JOBS).where(_JOBS.c.lead_id == stops.c.lead_id, _JOBS.c.status == JobStatus.PENDING)
+            .values(status=JobStatus.SKIPPED, last_error=stops.c.skip).returning(_JOBS.c.lead_id)
+            .add_cte(set_status, UPSERT_ARRAYS.cte("suppressed")))
+
+
+_STOP_ALL = _stop_all()
+
+
 def skip_pending_jobs(session: Session, lead_ids: Sequence[int], reason: str) -> Counter[int]:
     """Skip the leads' jobs still to send; how many were skipped, by lead."""
     if not lead_ids:
@@ -61,20 +81,29 @@ def skip_pending_jobs(session: Session, lead_ids: Sequence[int], reason: str) ->
 
 
 def stop_leads(session: Session, stops: Sequence[StopLead]) -> Counter[int]:
-    """Apply every stop: one statement per new status, one for the suppressions, one per skip reason.
-    Returns the jobs skipped by lead."""
+    """Apply every stop: on PostgreSQL in one statement, elsewhere one per new status, one for the
+    suppressions and one per skip reason. Returns the jobs skipped by lead."""
+    if not stops:
+        return Counter()
+    connection = session.connection()
+    suppressions = chosen_entries((stop.owner_id, stop.email_key, stop.suppression_reason)
+                                  for stop in stops if stop.suppression_reason is not None)
+    if connection.dialect.name == "postgresql":
+        # In lead order: two writers stopping the same leads lock them in one order.
+        rows = json.dumps([{"lead_id": stop.lead_id, "status": stop.status, "skip": stop.skip_reason}
+                           for stop in sorted(stops, key=lambda stop: stop.lead_id)])
+        return Counter(connection.execute(_STOP_ALL, {"stops": rows, **upsert_arrays_params(suppressions)})
+                       .scalars())
     by_status: dict[LeadStatus, list[int]] = {}
     by_reason: dict[str, list[int]] = {}
     for stop in stops:
         if stop.status is not None:
             by_status.setdefault(stop.status, []).append(stop.lead_id)
         by_reason.setdefault(stop.skip_reason, []).append(stop.lead_id)
-    connection = session.connection()
     set_status, _ = _STATEMENTS[connection.dialect.name]
     for status, lead_ids in by_status.items():
         connection.execute(set_status, {"lead_ids": sorted(lead_ids), "status": status})
-    suppress_many(session, [(stop.owner_id, stop.email_key, stop.suppression_reason)
-                            for stop in stops if stop.suppression_reason is not None])
+    suppress_many(session, suppressions)
     skipped: Counter[int] = Counter()
     for reason, lead_ids in by_reason.items():
         skipped += skip_pending_jobs(session, lead_ids, reason)

@@ -35,12 +35,7 @@ def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> 
     """Put (owner, address, reason) entries on the list in one statement. One already there keeps its reason,
     unless it only mirrors the provider's list and the new one is ours: a complaint after the provider's
     suppression must outlive a reactivation there."""
-    chosen: dict[tuple[int, str], str] = {}
-    for owner_id, email, reason in entries:
-        key = (owner_id, email.strip().lower())
-        if key not in chosen or _outranks(reason, chosen[key]):
-            chosen[key] = reason
-    rows = sorted(chosen.items())  # in key order: concurrent writers take the index's locks in one order
+    rows = chosen_entries(entries)
     if not rows:
         return
     # Core rows, not ORM objects: the batch of webhook events that stops leads runs this once for all.
@@ -48,12 +43,27 @@ def suppress_many(session: Session, entries: Iterable[tuple[int, str, str]]) -> 
     if connection.dialect.name == "postgresql":
         # One statement over arrays: an executemany goes through psycopg's pipeline mode, whose set-up cost
         # a quarter of a webhook batch's time in Python.
-        connection.execute(_UPSERT_ARRAYS, {"owner_ids": [owner_id for (owner_id, _), _ in rows],
-                                            "emails": [email for (_, email), _ in rows],
-                                            "reasons": [reason for _, reason in rows]})
+        connection.execute(UPSERT_ARRAYS, upsert_arrays_params(rows))
     else:
         connection.execute(_UPSERT_ROWS, [
-            {"owner_id": owner_id, "email": email, "reason": reason} for (owner_id, email), reason in rows])
+            {"owner_id": owner_id, "email": email, "reason": reason} for owner_id, email, reason in rows])
+
+
+def chosen_entries(entries: Iterable[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """One (owner, address, reason) per owner and lower-cased address, the reason that outranks the others;
+    in key order, so concurrent writers take the index's locks in one order."""
+    chosen: dict[tuple[int, str], str] = {}
+    for owner_id, email, reason in entries:
+        key = (owner_id, email.strip().lower())
+        if key not in chosen or _outranks(reason, chosen[key]):
+            chosen[key] = reason
+    return [(owner_id, email, reason) for (owner_id, email), reason in sorted(chosen.items())]
+
+
+def upsert_arrays_params(rows: list[tuple[int, str, str]]) -> dict[str, list[Any]]:
+    """The parameters of UPSERT_ARRAYS for `chosen_entries` rows."""
+    return {"owner_ids": [row[0] for row in rows], "emails": [row[1] for row in rows],
+            "reasons": [row[2] for row in rows]}
 
 
 def _outranks(reason: str, held: str) -> bool:
@@ -83,8 +93,8 @@ def _upsert_arrays() -> Any:
         select(given.c.owner_id, given.c.email, given.c.reason, func.now())))
 
 
-# Built once (see core/stops.py).
-_UPSERT_ARRAYS = _upsert_arrays()
+# Built once (see core/stops.py); core/stops.py also runs it as part of its statement.
+UPSERT_ARRAYS = _upsert_arrays()
 _UPSERT_ROWS = _on_conflict(sqlite.insert(_TABLE))
 
 
