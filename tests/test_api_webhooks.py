@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import DataError
 
 from outreach_api.app import create_app
@@ -432,6 +433,37 @@ def test_concurrent_events_land_even_when_the_database_refuses_one_of_them(clien
     refused = answers[-1].status_code == 400  # PostgreSQL refuses the NUL; SQLite stores it
     assert refused or answers[-1].status_code == 200, answers[-1].text
     assert _events(client) == len(good) + (0 if refused else 1)
+
+
+def test_events_arriving_while_the_loop_is_busy_join_the_batch_under_way(client: TestClient[Any]) -> None:
+    """The writer takes the first event at once, then lets the event loop turn before closing the batch: the
+    events of requests the loop was still handling join it, and all are committed together."""
+    engine = client.app.state.services.engine
+    commits: list[object] = []
+
+    def count(connection: object) -> None:
+        commits.append(connection)
+
+    # A generous bound: on a loaded machine the writer may wait long for its turn; in production it is 2 ms.
+    batcher = EventBatcher(client.app.state.services.sessions, loop_wait_bound=5.0)
+    payloads = [{**_fixture("delivery"), "MessageID": str(uuid.uuid4())} for _ in range(10)]
+
+    async def submit_while_busy() -> list[EventResult]:
+        first = asyncio.ensure_future(batcher.submit(payloads[0], "Delivery"))
+        await asyncio.sleep(0)  # the first event is queued; the writer wakes up and takes it
+        time.sleep(0.01)  # the loop busy with other requests meanwhile
+        rest = [asyncio.ensure_future(batcher.submit(p, "Delivery")) for p in payloads[1:]]
+        return await asyncio.gather(first, *rest)
+
+    event.listen(engine, "commit", count)
+    try:
+        results = asyncio.run(submit_while_busy())
+    finally:
+        batcher.stop()
+        event.remove(engine, "commit", count)
+    assert [r.duplicate for r in results] == [False] * len(payloads)
+    assert len(commits) == 1
+    assert _events(client) == len(payloads)
 
 
 def test_a_batch_the_database_refuses_is_applied_again_event_by_event(
