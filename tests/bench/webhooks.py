@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--max-events", type=int, default=150_000, help="events seeded (the run stops if used up)")
+    parser.add_argument("--max-events", type=int, default=250_000, help="events seeded (the run stops if used up)")
     parser.add_argument("--server-url", default=os.environ.get("BENCH_POSTGRES_URL",
                                                                "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
