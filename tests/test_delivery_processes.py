@@ -41,6 +41,7 @@ from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.leads import add_leads
+from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
 from outreach_pipeline.core.templates import TemplateInput, save_template
 from outreach_pipeline.db.models import (
     Campaign,
@@ -370,6 +371,38 @@ def _while_locked(sessions: sessionmaker[Session], holder: Callable[[Session], N
         worker.start()
         _wait_for(lambda: _waiting_for_a_lock(sessions), 10, waiting_for)
     worker.join(10)
+
+
+@pytest.mark.postgres
+def test_a_webhook_stop_takes_the_lead_before_its_jobs_as_a_reply_does(sessions: sessionmaker[Session]) -> None:
+    """A reply (or an unsubscribe) locks the lead, then skips its jobs. A webhook batch stopping the same lead
+    must wait for the lead before it touches a job: taking the jobs first, it deadlocked with the reply."""
+    seeded = seed_campaign(sessions, 1)
+    with session_scope(sessions) as session:
+        lead_id, email_key = session.execute(select(Lead.id, Lead.email_key)
+                                             .where(Lead.campaign_id == seeded.campaign_id)).one()
+    failures: list[BaseException] = []
+
+    def bounce() -> None:
+        try:
+            with session_scope(sessions) as session:
+                stop_leads(session, [StopLead(lead_id, seeded.owner_id, email_key, LeadStatus.BOUNCED, "bounce",
+                                              "address bounced (HardBounce)", lambda skipped: "")])
+        except Exception as error:  # noqa: BLE001 - a deadlock victim; the assertion below reports it
+            failures.append(error)
+
+    with session_scope(sessions) as replying:  # the reply path's order: the lead, then its jobs
+        replying.execute(update(Lead).where(Lead.id == lead_id).values(status=LeadStatus.REPLIED))
+        worker = threading.Thread(target=bounce)
+        worker.start()
+        _wait_for(lambda: _waiting_for_a_lock(sessions), 10, "the bounce to wait for the lead")
+        skip_pending_jobs(replying, [lead_id], "lead replied")
+    worker.join(10)
+
+    assert failures == []
+    with session_scope(sessions) as session:
+        assert session.scalar(select(Lead.status).where(Lead.id == lead_id)) == LeadStatus.BOUNCED
+        assert session.scalar(select(EmailJob.last_error).where(EmailJob.lead_id == lead_id)) == "lead replied"
 
 
 @pytest.mark.postgres

@@ -55,11 +55,16 @@ def _stop_all() -> Update:
     """PostgreSQL: every stop of a batch in one statement. The stops come as one JSON parameter (lead, new
     status or null, skip reason); the new statuses and the suppressions are data-modifying CTEs of the
     UPDATE that skips the pending jobs and says which it skipped. Each part writes its own table, so none
-    depends on another's writes."""
+    depends on another's writes.
+
+    The leads are locked first, in id order, by the CTE every part reads: PostgreSQL runs a CTE the main
+    query does not read after it, so without that the jobs would be locked before their lead, the reverse
+    of a reply's or an unsubscribe's order (lead, then jobs), and the two could deadlock."""
     given = (func.json_to_recordset(cast(bindparam("stops", type_=Text), JSON))
              .table_valued(column("lead_id", Integer), column("status", Text), column("skip", Text))
              .render_derived(name="given", with_types=True))
-    stops = select(given.c.lead_id, given.c.status, given.c.skip).cte("stops")
+    stops = (select(given.c.lead_id, given.c.status, given.c.skip).join(_LEADS, _LEADS.c.id == given.c.lead_id)
+             .order_by(given.c.lead_id).with_for_update(of=_LEADS, key_share=True).cte("stops"))
     set_status = (update(_LEADS).where(_LEADS.c.id == stops.c.lead_id, stops.c.status.is_not(None))
                   .values(status=stops.c.status).cte("set_status"))
     return (update(_JOBS).where(_JOBS.c.lead_id == stops.c.lead_id, _JOBS.c.status == JobStatus.PENDING)
@@ -89,9 +94,10 @@ def stop_leads(session: Session, stops: Sequence[StopLead]) -> Counter[int]:
     suppressions = chosen_entries((stop.owner_id, stop.email_key, stop.suppression_reason)
                                   for stop in stops if stop.suppression_reason is not None)
     if connection.dialect.name == "postgresql":
-        # In lead order: two writers stopping the same leads lock them in one order.
-        rows = json.dumps([{"lead_id": stop.lead_id, "status": stop.status, "skip": stop.skip_reason}
-                           for stop in sorted(stops, key=lambda stop: stop.lead_id)])
+        # One row per lead (a lead named twice takes its last stop), in lead order.
+        last = {stop.lead_id: stop for stop in stops}
+        rows = json.dumps([{"lead_id": lead_id, "status": last[lead_id].status, "skip": last[lead_id].skip_reason}
+                           for lead_id in sorted(last)])
         return Counter(connection.execute(_STOP_ALL, {"stops": rows, **upsert_arrays_params(suppressions)})
                        .scalars())
     by_status: dict[LeadStatus, list[int]] = {}
