@@ -12,7 +12,7 @@ Before a batch closes, the writer lets the requests' event loop turn twice (a gr
 PostgreSQL's commit_delay, but timed by the loop rather than the clock): a request whose bytes have arrived
 reaches `submit` within two turns (its connection's callback starts the request's task, the task runs up
 to `submit`), so the events of every request the loop was handling join this batch instead of starting a
-batch of one or two each. Under load this took batches from about 10-20 events to 25-40 and a webhook's
+batch of one or two each. Under load this took batches from about 10-20 events to 20-30 and a webhook's
 CPU by about a quarter; with nothing else waiting it costs two idle turns, well under a millisecond.
 """
 

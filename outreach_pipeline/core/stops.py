@@ -91,15 +91,15 @@ def stop_leads(session: Session, stops: Sequence[StopLead]) -> Counter[int]:
     if not stops:
         return Counter()
     connection = session.connection()
-    suppressions = chosen_entries((stop.owner_id, stop.email_key, stop.suppression_reason)
-                                  for stop in stops if stop.suppression_reason is not None)
+    suppressions = [(stop.owner_id, stop.email_key, stop.suppression_reason)
+                    for stop in stops if stop.suppression_reason is not None]
     if connection.dialect.name == "postgresql":
         # One row per lead (a lead named twice takes its last stop), in lead order.
         last = {stop.lead_id: stop for stop in stops}
         rows = json.dumps([{"lead_id": lead_id, "status": last[lead_id].status, "skip": last[lead_id].skip_reason}
                            for lead_id in sorted(last)])
-        return Counter(connection.execute(_STOP_ALL, {"stops": rows, **upsert_arrays_params(suppressions)})
-                       .scalars())
+        suppressed = upsert_arrays_params(chosen_entries(suppressions))
+        return Counter(connection.execute(_STOP_ALL, {"stops": rows, **suppressed}).scalars())
     by_status: dict[LeadStatus, list[int]] = {}
     by_reason: dict[str, list[int]] = {}
     for stop in stops:
