@@ -23,6 +23,7 @@ from outreach_pipeline.db.models import (
     LeadImport,
     LeadOpener,
     SendCount,
+    Template,
     User,
 )
 from outreach_pipeline.db.session import create_db_engine
@@ -114,6 +115,29 @@ def test_deleting_a_campaign_deletes_its_leads_and_deleting_an_import_unlinks_th
 
     leads = db_session.execute(select(Lead.campaign_id, Lead.import_id)).all()
     assert leads == [(kept.id, None)]
+
+
+def test_deleting_a_template_unlinks_the_jobs_rendered_from_it(db_session: Session) -> None:
+    # No foreign key from a job to its template (recording a sent batch would check every row): a trigger
+    # clears the link, for one template or several deleted at once.
+    campaign = _campaign(db_session)
+    lead = Lead(campaign_id=campaign.id, email="x@example.com", email_key="x@example.com", reply_token="a" * 32)
+    variants = [Template(campaign_id=campaign.id, step_number=1, variant=v, subject="Hi", body="Hello",
+                         source="manual")
+                for v in "ABC"]
+    db_session.add_all([lead, *variants])
+    db_session.flush()
+    now = datetime.now(UTC)
+    for step, template in enumerate(variants, start=1):
+        db_session.add(EmailJob(campaign_id=campaign.id, lead_id=lead.id, step_number=step, due_at=now,
+                                template_id=template.id))
+    db_session.commit()
+
+    db_session.execute(delete(Template).where(Template.variant.in_(["A", "B"])))
+    db_session.commit()
+
+    linked = db_session.execute(select(EmailJob.step_number, EmailJob.template_id).order_by(EmailJob.step_number))
+    assert linked.all() == [(1, None), (2, None), (3, variants[2].id)]
 
 
 def test_reply_tokens_ascend_within_an_import_and_are_unguessable() -> None:

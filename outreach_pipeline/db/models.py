@@ -303,7 +303,10 @@ class EmailJob(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     step_number: Mapped[int]
-    template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
+    # The template it was rendered from. No foreign key: recording a sent batch sets it on every job, and the
+    # key's check of each row cost more than the rest of the recording; a trigger clears it when its
+    # template is deleted (migration 0016).
+    template_id: Mapped[int | None]
     due_at: Mapped[datetime]
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import secrets
 import sys
 import threading
@@ -41,6 +42,7 @@ from outreach_pipeline.core.templates import TemplateInput, save_template  # noq
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
+from tests.bench.cpu_time import cpu_seconds  # noqa: E402
 from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
 from tests.bench.scratch_db import scratch_database  # noqa: E402
@@ -139,17 +141,59 @@ def _insert_leads(session: Any, campaign_id: int, count: int) -> None:
         "md5(:c || '-' || n)::uuid, now() FROM generate_series(1, :count) AS n"), {"c": campaign_id, "count": count})
 
 
-def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> float:
+class CpuUse:
+    """CPU seconds of this process (every thread), the fake's process and every PostgreSQL process on the
+    machine (backends, WAL writer, checkpointer), read from /proc; a process that exits in between is lost,
+    so read the database's before closing its connections."""
+
+    def __init__(self, fake_pid: int) -> None:
+        self.fake_pid = fake_pid
+        self.seen = self._read()
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        database = [int(entry.name) for entry in Path("/proc").iterdir()
+                    if entry.name.isdigit() and _command(entry) == "postgres"]
+        return {("ours", os.getpid()): sum(os.times()[:2]), ("fake", self.fake_pid): cpu_seconds(self.fake_pid),
+                **{(_role(pid), pid): cpu_seconds(pid) for pid in database}}
+
+    def since_start(self) -> dict[str, float]:
+        used = {"ours": 0.0, "fake": 0.0, "database": 0.0, "database_background": 0.0}
+        for (part, pid), seconds in self._read().items():
+            used[part] += seconds - self.seen.get((part, pid), 0.0)
+        return used
+
+
+def _role(pid: int) -> str:
+    """A PostgreSQL backend serving a client is "database"; the WAL writer, checkpointer, autovacuum and the
+    like are "database_background"."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return "database_background"
+    return "database" if "(" in title else "database_background"  # a client backend names its peer, host(port)
+
+
+def _command(entry: Path) -> str:
+    try:
+        return (entry / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> tuple[float, dict[str, float]]:
+    """Emails/s of dispatch_due over `jobs` fresh due jobs, and the CPU seconds each part spent on them."""
     seed_due_jobs(url, jobs)
     sessions = make_session_factory(create_db_engine(url, pool_size=concurrency + 2))
     mailer = PostmarkMailer(TOKEN, fake.url, "outbound")
+    cpu = CpuUse(fake.pid)
     started = time.perf_counter()
     report = dispatch_due(sessions, mailer, CONFIG, datetime.now(UTC),
                           policy=SendPolicy(batch_size=500, concurrency=concurrency))
     seconds = time.perf_counter() - started
+    used = cpu.since_start()
     sessions.kw["bind"].dispose()
     assert report.sent == jobs, report
-    return jobs / seconds
+    return jobs / seconds, used
 
 
 def main() -> None:
@@ -170,12 +214,14 @@ def main() -> None:
                 fake.ask("reset")
                 bare = ceiling(fake.url, args.jobs, concurrency)
                 fake.ask("reset")
-                ours = dispatch(url, fake, args.jobs, concurrency)
+                ours, cpu = dispatch(url, fake, args.jobs, concurrency)
                 counted = fake.ask("count")
             print(f"jobs={args.jobs} latency_s={latency} concurrency={concurrency}")
             print(f"ceiling_emails_per_s={bare:,.0f} dispatch_emails_per_s={ours:,.0f} "
                   f"ratio_vs_ceiling={ours / bare:.2f} messages_at_fake={counted['messages']} "
                   f"duplicates={counted['duplicates']}")
+            print("cpu_ms_per_email: " + " ".join(f"{part}={seconds * 1000 / args.jobs:.3f}"
+                                                  for part, seconds in cpu.items()))
     finally:
         fake.stop()
 

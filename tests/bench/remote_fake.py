@@ -15,6 +15,7 @@ class RemoteFake:
         self._process = multiprocessing.Process(target=serve, args=(child, *args), daemon=True)
         self._process.start()
         self.url: str = self._connection.recv()
+        self.pid: int = self._process.pid  # type: ignore[assignment]  # set once started
 
     def ask(self, command: str) -> dict[str, int]:
         self._connection.send(command)
