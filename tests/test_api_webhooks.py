@@ -10,9 +10,12 @@ import asyncio
 import base64
 import json
 import logging
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.exc import DataError
 
 from outreach_api.app import create_app
+from outreach_api.webhooks import batcher as batcher_module
 from outreach_api.webhooks.batcher import EventBatcher
 from outreach_pipeline.core.delivery import dispatch_due
 from outreach_pipeline.core.events import EventResult
@@ -487,3 +491,89 @@ def test_a_batch_the_database_refuses_is_applied_again_event_by_event(
     assert isinstance(results[15], DataError) if postgres else isinstance(results[15], EventResult)
     assert ("applying its" in caplog.text) == postgres  # the batch failed and was applied event by event
     assert _events(client) == len(good) + (0 if postgres else 1)
+
+
+class _LockWithHook:
+    """A lock that runs `hook` once, just after it is first let go of: for the batcher, the instant stop()
+    has detached its writer."""
+
+    def __init__(self, lock: Any, hook: Callable[[], None]) -> None:
+        self._lock, self._hook = lock, hook
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            hook()
+
+
+def test_a_submit_racing_stop_cannot_take_the_stop_meant_for_the_writer_being_stopped(
+    client: TestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() detaches the writer; before it queues the writer's stop, a submit starts a second writer. The
+    interleaving is held in place through the writers' loop turns: the second writer's batch goes on once
+    stop() joins the first writer, the first writer's once the second has answered. The stop must reach the
+    first writer only; if the second takes it, stop() waits forever (here: fails after a timeout)."""
+    timeout = 10.0
+    payloads = [{**_fixture("delivery"), "MessageID": str(uuid.uuid4())} for _ in range(3)]
+    batcher = EventBatcher(client.app.state.services.sessions)
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, daemon=True)
+    loop_thread.start()
+    writers: list[threading.Thread] = []
+    second: list[Future[EventResult]] = []
+    first_held, second_held, stop_joins = threading.Event(), threading.Event(), threading.Event()
+
+    def submit(payload: dict[str, Any]) -> Future[EventResult]:
+        return asyncio.run_coroutine_threadsafe(batcher.submit(payload, "Delivery"), loop)
+
+    def join_noticed(join_timeout: float | None = None) -> None:  # stop() has queued its stop by now
+        stop_joins.set()
+        threading.Thread.join(writers[0], join_timeout)
+
+    def hold_first() -> None:
+        writers.append(threading.current_thread())
+        writers[0].join = join_noticed  # type: ignore[method-assign]
+        first_held.set()
+        stop_joins.wait(timeout)
+        wait_futures(second, timeout)
+
+    def hold_second() -> None:
+        writers.append(threading.current_thread())
+        second_held.set()
+        stop_joins.wait(timeout)
+
+    holds = [hold_first, hold_second]
+    real_turn = batcher_module._let_loop_turn
+
+    def held_turn(turn_loop: asyncio.AbstractEventLoop, turns: int, bound: float) -> None:
+        if holds:
+            holds.pop(0)()
+        real_turn(turn_loop, turns, bound)
+
+    def submit_while_stopping() -> None:
+        second.append(submit(payloads[1]))
+        assert second_held.wait(timeout)
+
+    monkeypatch.setattr(batcher_module, "_let_loop_turn", held_turn)
+    try:
+        first = submit(payloads[0])
+        assert first_held.wait(timeout)
+        batcher._lock = _LockWithHook(batcher._lock, submit_while_stopping)  # type: ignore[assignment]
+        stopper = threading.Thread(target=batcher.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        assert not stopper.is_alive(), "stop() waits for a writer that will never see its stop"
+        assert not first.result(timeout).duplicate and not second[0].result(timeout).duplicate
+        # A submit after the stop still lands, and a last stop ends every writer.
+        assert not submit(payloads[2]).result(timeout).duplicate
+        batcher.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(timeout)
+    loop.close()
+    assert not any(writer.is_alive() for writer in writers)
+    assert _events(client) == len(payloads)

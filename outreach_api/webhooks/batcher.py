@@ -57,6 +57,8 @@ class EventBatcher:
         self.sessions = sessions
         self.max_batch = max_batch
         self.loop_wait_bound = loop_wait_bound
+        # The current writer and its own queue; each writer gets a fresh queue, so a stop queued for one writer
+        # can never be taken by the next. Both change only under the lock.
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -64,46 +66,49 @@ class EventBatcher:
     async def submit(self, payload: dict[str, Any], record_type: str) -> EventResult:
         """The event's result once its transaction has committed; InvalidInputError for a payload that is
         not an event."""
-        self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[EventResult] = loop.create_future()
-        self._queue.put(_Pending(payload, record_type, loop, future))
+        self._put(_Pending(payload, record_type, loop, future))
         return await future
 
     def stop(self) -> None:
-        """Apply what is queued, then end the writer thread."""
-        with self._lock:
+        """Apply what is queued, then end the writer thread. A later submit starts a new writer."""
+        with self._lock:  # one with submit's put: an event queued before the stop is applied by this writer
             thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(_STOP)
         if thread is not None:
-            self._queue.put(_STOP)
             thread.join()
 
-    def _start(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="webhook-writer", daemon=True)
-                    self._thread.start()
+    def _put(self, pending: _Pending) -> None:
+        """Queue `pending` for the current writer, starting one (with a queue of its own) if there is none."""
+        with self._lock:
+            if self._thread is None:
+                fresh: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+                thread = threading.Thread(target=self._run, args=(fresh,), name="webhook-writer", daemon=True)
+                thread.start()
+                self._queue, self._thread = fresh, thread
+            self._queue.put(pending)
 
-    def _run(self) -> None:
+    def _run(self, events: queue.SimpleQueue[_Pending | object]) -> None:
         while True:
-            first = self._queue.get()
+            first = events.get()
             if first is _STOP:
                 return
             batch: list[_Pending] = [first]  # type: ignore[list-item]
-            stopping = self._take_waiting(batch)
+            stopping = self._take_waiting(events, batch)
             if not stopping and len(batch) < self.max_batch:
                 _let_loop_turn(batch[0].loop, LOOP_TURNS, self.loop_wait_bound)
-                stopping = self._take_waiting(batch)
+                stopping = self._take_waiting(events, batch)
             self._apply(batch)
             if stopping:
                 return
 
-    def _take_waiting(self, batch: list[_Pending]) -> bool:
+    def _take_waiting(self, events: queue.SimpleQueue[_Pending | object], batch: list[_Pending]) -> bool:
         """Add the events waiting to `batch`, up to its limit; whether the stop came."""
         while len(batch) < self.max_batch:
             try:
-                item = self._queue.get_nowait()
+                item = events.get_nowait()
             except queue.Empty:
                 return False
             if item is _STOP:
