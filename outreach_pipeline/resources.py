@@ -59,6 +59,7 @@ class MailResource(ConfigurableResource):
     app_base_url: str = "http://localhost:8000"
     batch_size: int = 500
     concurrency: int = 4
+    processes: int = 1  # PostgreSQL only
     max_retries: int = 4
     backoff_base_s: float = 1.0
     lease_minutes: float = 15
@@ -72,8 +73,9 @@ class MailResource(ConfigurableResource):
         return SenderConfig(self.from_email, self.inbound_domain, self.app_base_url)
 
     def send_policy(self) -> SendPolicy:
-        policy = SendPolicy(batch_size=self.batch_size, concurrency=self.concurrency, max_retries=self.max_retries,
-                            backoff_base_s=self.backoff_base_s, lease=timedelta(minutes=self.lease_minutes))
+        policy = SendPolicy(batch_size=self.batch_size, concurrency=self.concurrency, processes=self.processes,
+                            max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
+                            lease=timedelta(minutes=self.lease_minutes))
         policy.check_lease(DEFAULT_TIMEOUT_S)  # the resource may be configured apart from the settings
         return policy
 
@@ -147,6 +149,7 @@ def resources_from_settings(settings: Settings) -> dict[str, ConfigurableResourc
             app_base_url=settings.app_base_url,
             batch_size=settings.send_batch_size,
             concurrency=settings.send_concurrency,
+            processes=settings.send_processes,
             max_retries=settings.send_max_retries,
             backoff_base_s=settings.send_backoff_base_s,
             lease_minutes=settings.send_lease_minutes,

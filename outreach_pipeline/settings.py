@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     send_batch_size: int = 500
     # Batches in flight at once per send run (each on its own connection to the provider).
     send_concurrency: int = Field(4, ge=1, le=32)
+    # Processes one send run spreads over, each with SEND_CONCURRENCY batches in flight (PostgreSQL only):
+    # one process composes and records with about one core.
+    send_processes: int = Field(1, ge=1, le=32)
     # Whole-batch retries on 429 / 5xx / refused connections, backing off base*2^n seconds with jitter.
     send_max_retries: int = Field(4, ge=0, le=10)
     send_backoff_base_s: float = Field(1.0, ge=0)

@@ -8,6 +8,7 @@ this module is one sender process: it sends every due job once and prints its re
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import secrets
 import signal
@@ -41,6 +42,7 @@ from outreach_pipeline.core.compose import SenderConfig
 from outreach_pipeline.core.delivery import PAUSE_AFTER_SEND_ENV, DispatchReport, SendPolicy, dispatch_due
 from outreach_pipeline.core.jobs import Accepted, mark_sent
 from outreach_pipeline.core.leads import add_leads
+from outreach_pipeline.core.send_processes import SendProcessError
 from outreach_pipeline.core.stops import StopLead, skip_pending_jobs, stop_leads
 from outreach_pipeline.core.templates import TemplateInput, save_template
 from outreach_pipeline.db.models import (
@@ -54,7 +56,7 @@ from outreach_pipeline.db.models import (
     User,
 )
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
-from outreach_pipeline.mail.message import OutgoingEmail, SendResult
+from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
 
@@ -196,6 +198,79 @@ class _Gated(PostmarkMailer):
 
 def _mailer(fake: FakePostmark) -> PostmarkMailer:
     return PostmarkMailer(fake.server_token, fake.url, "outbound")
+
+
+@pytest.mark.postgres
+def test_one_run_over_several_send_processes_sends_each_job_once_and_sums_their_reports(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 600, daily_cap=1000)
+    fake_postmark.latency_s = 0.02  # batches overlap in time across the processes
+    policy = SendPolicy(batch_size=20, concurrency=2, processes=3)
+
+    report = dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy)
+
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 600 and set(per_job.values()) == {1}
+    assert (report.claimed, report.sent, report.batches) == (600, 600, 30)
+    assert len(report.sent_per_process) == 3 and sum(report.sent_per_process) == 600
+    assert sum(1 for sent in report.sent_per_process if sent > 0) >= 2  # the work really was shared
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 600}
+
+
+@pytest.mark.postgres
+def test_a_refused_account_stops_every_send_process_and_leaves_the_jobs_pending(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 200)
+    wrong_token = PostmarkMailer("not-the-token", fake_postmark.url, "outbound")
+    policy = SendPolicy(batch_size=10, concurrency=2, processes=2)
+
+    with pytest.raises(MailerAccountError, match="Server Token you provided") as refused:
+        dispatch_due(sessions, wrong_token, CONFIG, datetime.now(UTC), policy=policy)
+
+    assert refused.value.sent == 0
+    assert fake_postmark.messages == []
+    # A refused batch stops its process and the other: a handful of batches are tried, not all twenty.
+    assert fake_postmark.requests <= 2 * policy.processes * policy.concurrency
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.PENDING: 200}
+
+
+@pytest.mark.postgres
+def test_a_send_process_killed_mid_run_fails_the_run_and_its_claims_are_reconciled_not_resent(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 400, daily_cap=1000)
+    fake_postmark.latency_s = 0.05
+    policy = SendPolicy(batch_size=10, concurrency=2, processes=2)
+    outcome: list[BaseException | DispatchReport] = []
+
+    def run() -> None:
+        try:
+            outcome.append(dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy))
+        except BaseException as error:  # noqa: BLE001 (the test looks at it)
+            outcome.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    _wait_for(lambda: len(fake_postmark.messages) >= 40, 60, "sends from the send processes")
+    victim = max(multiprocessing.active_children(), key=lambda child: child.name == "send-process-0")
+    assert victim.name == "send-process-0"
+    os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    runner.join(120)
+
+    assert len(outcome) == 1 and isinstance(outcome[0], SendProcessError), outcome
+    assert "send-process-0 exited with code -9" in str(outcome[0])
+    statuses = _job_statuses(sessions, seeded.campaign_id)
+    assert statuses[JobStatus.SENT] < 400 and set(statuses) <= {JobStatus.SENT, JobStatus.SENDING, JobStatus.PENDING}
+
+    # Once the lease is over, the next run settles what the killed process left SENDING by asking the
+    # provider, and sends the rest: every job exactly once.
+    dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC),
+                 policy=SendPolicy(batch_size=10, lease=timedelta(0)))
+    per_job = Counter(m["Metadata"]["job_id"] for m in fake_postmark.messages)
+    assert len(per_job) == 400 and set(per_job.values()) == {1}
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 400}
 
 
 @pytest.mark.postgres

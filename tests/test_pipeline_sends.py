@@ -193,6 +193,24 @@ def test_sends_one_email_per_lead_with_reply_and_unsubscribe_headers_once(
     assert len(fake_postmark.messages) == 4
 
 
+def test_a_send_run_spread_over_processes_sends_each_email_once_and_says_what_each_sent(
+    provider_settings: Settings, fake_postmark: FakePostmark, instance: DagsterInstance
+) -> None:
+    app = _launch(provider_settings.model_copy(update={"send_processes": 2, "send_batch_size": 1}))
+    try:
+        metadata = _metadata(app.send(instance))
+    finally:
+        app.engine.dispose()
+
+    assert _counts(metadata) == {"claimed": 4, "sent": 4, "failed": 0, "skipped": 0, "requeued": 0, "retried": 0,
+                                 "batches": 4}
+    assert sorted(m["To"] for m in fake_postmark.messages) == HUBSPOT_STORED
+    if app.engine.dialect.name == "postgresql":
+        assert len(metadata["sent_per_process"]) == 2 and sum(metadata["sent_per_process"]) == 4
+    else:  # SQLite has one writer at a time: the run stays in its own process
+        assert "sent_per_process" not in metadata
+
+
 def test_a_refused_server_token_fails_the_run_and_leaves_every_job_pending(
     launched: Launched, fake_postmark: FakePostmark, instance: DagsterInstance
 ) -> None:

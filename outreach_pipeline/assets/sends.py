@@ -49,4 +49,5 @@ def email_sends(context: AssetExecutionContext, database: DatabaseResource, mail
         "mailer": mailer.name,
         "due_before": due_before.isoformat(),
         "reasons": MetadataValue.json(dict(report.reasons)),
+        **({"sent_per_process": MetadataValue.json(report.sent_per_process)} if report.sent_per_process else {}),
     })

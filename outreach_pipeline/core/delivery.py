@@ -6,7 +6,8 @@ SKIPPED, or back to PENDING on a passing error). Jobs a crashed run left SENDING
 asking the provider first (core/reconcile.py), so nothing is sent twice and nothing is lost; a batch
 renews its claim as it is composed and sends only the jobs still its own (core/claim.py, renew_claim).
 On PostgreSQL one thread claims and `concurrency` threads compose, send and record, so database work
-and HTTP calls overlap (requests releases the GIL while it waits).
+and HTTP calls overlap (requests releases the GIL while it waits); `processes` worker processes each do
+so, for more than one core's worth of composing and recording (core/send_processes.py).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class SendPolicy:
     """How a run sends: batch size, batches in flight, retries of a passing provider failure, the lease."""
 
     batch_size: int = 500
-    concurrency: int = 1
+    concurrency: int = 1  # batches in flight in each process
+    processes: int = 1  # worker processes sending together (PostgreSQL only)
     # Batches one claim takes when several senders share the run: a claim's fixed cost (the campaigns with
     # due jobs, the campaign's lock and budget, the follow-ups query, the commit) is shared by more emails.
     claim_batches: int = 4
@@ -97,6 +99,7 @@ class DispatchReport:
     reconciled_requeued: int = 0
     batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    sent_per_process: list[int] = field(default_factory=list)  # when the run spans processes: how evenly
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_metadata(self) -> dict[str, int]:
@@ -304,7 +307,7 @@ def release(factory: sessionmaker[Session], claim: Claim, reason: str) -> None:
 
 
 def send_with_retries(mailer: Mailer, emails: Sequence[OutgoingEmail], policy: SendPolicy, report: DispatchReport,
-                      stop: threading.Event) -> list[SendResult]:
+                      stop: StopFlag) -> list[SendResult]:
     """Send one batch; a passing failure is retried whole, with exponential backoff and jitter."""
     for attempt in range(policy.max_retries + 1):
         try:
@@ -337,15 +340,26 @@ class Claim(NamedTuple):
         return [Claim(self.job_ids[start:start + size], self.claimed_at) for start in range(0, len(self.job_ids), size)]
 
 
+class StopFlag(Protocol):
+    """What a run needs of its stop flag: a threading.Event, or a multiprocessing one shared by processes."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class _Run:
     """One dispatch: workers share the report and a stop flag; the first account error stops them all."""
 
     def __init__(self, factory: sessionmaker[Session], mailer: Mailer, config: SenderConfig, due_before: datetime,
-                 policy: SendPolicy, now: datetime) -> None:
+                 policy: SendPolicy, now: datetime, stop: StopFlag | None = None) -> None:
         self.factory, self.mailer, self.config = factory, mailer, config
         self.due_before, self.policy, self.now = due_before, policy, now
         self.report = DispatchReport()
-        self.stop = threading.Event()
+        # A multiprocessing Event when the run spans processes: a refused account in one stops them all.
+        self.stop: StopFlag = stop if stop is not None else threading.Event()
         self.account_error: MailerAccountError | None = None
         # Batches nothing of which was sent, handed back to PENDING once every worker has stopped: released
         # earlier, a worker still claiming would take them again in this same failing run.
@@ -457,7 +471,7 @@ class _Run:
 STOPPED_BEFORE_SENDING = "the run stopped before this batch was sent"
 
 
-def _run_workers(run: _Run) -> None:
+def run_workers(run: _Run) -> None:
     """One claimer and `policy.concurrency` senders: the claimer takes batch after batch (so our own threads
     never queue on the campaign lock the claim holds), senders prepare, send and record them, so one's
     database work overlaps another's HTTP call. Claimed batches wait in a short queue, already SENDING."""
@@ -502,6 +516,17 @@ def _run_workers(run: _Run) -> None:
         raise errors[0]
 
 
+def _run(run: _Run) -> None:
+    """In this process, or in `policy.processes` worker processes on PostgreSQL (SQLite has one writer)."""
+    from outreach_pipeline.core import send_processes  # noqa: PLC0415 (it builds on this module)
+
+    on_postgresql = run.factory.kw["bind"].dialect.name == "postgresql"
+    if run.policy.processes > 1 and on_postgresql and send_processes.can_start_processes():
+        send_processes.run_in_processes(run)
+    else:
+        run_workers(run)
+
+
 def dispatch_due(
     factory: sessionmaker[Session],
     mailer: Mailer,
@@ -525,7 +550,7 @@ def dispatch_due(
     with session_scope(factory) as session:
         run.report.add(deferred=defer_closed_windows(session, due_before, now))
     try:
-        _run_workers(run)
+        _run(run)
     finally:
         run.release_all()
     if run.account_error is not None:

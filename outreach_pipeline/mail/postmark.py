@@ -89,6 +89,12 @@ class PostmarkMailer:
         self._local = threading.local()
         self.message_stream = message_stream
 
+    def __reduce__(self) -> tuple[type[PostmarkMailer], tuple[str, str, str, float]]:
+        # Pickled to each send process (core/send_processes.py) as its settings: clients are per thread.
+        options = self._options
+        return PostmarkMailer, (options["server_token"], options["root_api_url"], self.message_stream,
+                                options["timeout"])
+
     @property
     def client(self) -> PostmarkClient:
         # One client (one requests.Session, one keep-alive connection) per sending thread.

@@ -6,7 +6,8 @@
 For each latency (seconds the fake sleeps per request) it measures, in the same run:
 
 - the ceiling: the same fake fed pre-built 500-message batches (the messages our path builds) by a bare
-  `http.client` client, no database, over as many connections as the dispatch uses;
+  `http.client` client, no database, over as many connections as the dispatch uses (concurrency times
+  processes);
 - ours: `dispatch_due` from a fresh set of due jobs (claim, compose, send, record; nothing skipped).
 
 It prints emails/s for both, `ratio_vs_ceiling=` (targets: >= 0.5 with no latency, >= 0.8 with 100 ms)
@@ -42,7 +43,7 @@ from outreach_pipeline.core.templates import TemplateInput, save_template  # noq
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
-from tests.bench.cpu_time import cpu_seconds  # noqa: E402
+from tests.bench.cpu_time import cpu_seconds, cpu_seconds_with_reaped, descendants  # noqa: E402
 from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
 from tests.bench.scratch_db import scratch_database  # noqa: E402
@@ -153,8 +154,15 @@ class CpuUse:
     def _read(self) -> dict[tuple[str, int], float]:
         database = [int(entry.name) for entry in Path("/proc").iterdir()
                     if entry.name.isdigit() and _command(entry) == "postgres"]
+        postmaster = {pid for pid in database if _command(Path(f"/proc/{_parent(pid)}")) != "postgres"}
+        # Ours: this process with the send processes and the fork server they come from, those that ended
+        # included (their parent reaped them and holds their time).
+        helpers = set(descendants(os.getpid())) - {self.fake_pid, *descendants(self.fake_pid)}
         return {("ours", os.getpid()): sum(os.times()[:2]), ("fake", self.fake_pid): cpu_seconds(self.fake_pid),
-                **{(_role(pid), pid): cpu_seconds(pid) for pid in database}}
+                **{("ours", pid): cpu_seconds_with_reaped(pid) for pid in helpers},
+                **{(_role(pid), pid): cpu_seconds(pid) for pid in database if pid not in postmaster},
+                # Backends that ended (the send processes' connections) left their time to the postmaster.
+                **{("database", pid): cpu_seconds_with_reaped(pid) - cpu_seconds(pid) for pid in postmaster}}
 
     def since_start(self) -> dict[str, float]:
         used = {"ours": 0.0, "fake": 0.0, "database": 0.0, "database_background": 0.0}
@@ -173,6 +181,13 @@ def _role(pid: int) -> str:
     return "database" if "(" in title else "database_background"  # a client backend names its peer, host(port)
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _command(entry: Path) -> str:
     try:
         return (entry / "comm").read_text().strip()
@@ -180,7 +195,7 @@ def _command(entry: Path) -> str:
         return ""
 
 
-def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> tuple[float, dict[str, float]]:
+def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int, processes: int) -> tuple[float, dict[str, float]]:
     """Emails/s of dispatch_due over `jobs` fresh due jobs, and the CPU seconds each part spent on them."""
     seed_due_jobs(url, jobs)
     sessions = make_session_factory(create_db_engine(url, pool_size=concurrency + 2))
@@ -188,7 +203,7 @@ def dispatch(url: str, fake: RemoteFake, jobs: int, concurrency: int) -> tuple[f
     cpu = CpuUse(fake.pid)
     started = time.perf_counter()
     report = dispatch_due(sessions, mailer, CONFIG, datetime.now(UTC),
-                          policy=SendPolicy(batch_size=500, concurrency=concurrency))
+                          policy=SendPolicy(batch_size=500, concurrency=concurrency, processes=processes))
     seconds = time.perf_counter() - started
     used = cpu.since_start()
     sessions.kw["bind"].dispose()
@@ -203,20 +218,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8],
                         help="batches in flight, one per latency (default: 4, the send resource's default, with "
                              "none; 8 with 100 ms)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 1],
+                        help="send processes, one per latency, each with --concurrency batches in flight")
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
     fake = RemoteFake(_serve)
     try:
-        for latency, concurrency in zip(args.latency, args.concurrency, strict=True):
+        for latency, concurrency, processes in zip(args.latency, args.concurrency, args.processes, strict=True):
             with scratch_database(args.server_url) as url:
                 fake.ask(f"latency {latency}")
                 fake.ask("reset")
-                bare = ceiling(fake.url, args.jobs, concurrency)
+                bare = ceiling(fake.url, args.jobs, concurrency * processes)
                 fake.ask("reset")
-                ours, cpu = dispatch(url, fake, args.jobs, concurrency)
+                ours, cpu = dispatch(url, fake, args.jobs, concurrency, processes)
                 counted = fake.ask("count")
-            print(f"jobs={args.jobs} latency_s={latency} concurrency={concurrency}")
+            print(f"jobs={args.jobs} latency_s={latency} concurrency={concurrency} processes={processes}")
             print(f"ceiling_emails_per_s={bare:,.0f} dispatch_emails_per_s={ours:,.0f} "
                   f"ratio_vs_ceiling={ours / bare:.2f} messages_at_fake={counted['messages']} "
                   f"duplicates={counted['duplicates']}")
