@@ -218,10 +218,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8],
                         help="batches in flight, one per latency (default: 4, the send resource's default, with "
                              "none; 8 with 100 ms)")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 1],
-                        help="send processes, one per latency, each with --concurrency batches in flight")
+    parser.add_argument("--processes", type=int, nargs="+",
+                        help="send processes, one per latency, each with --concurrency batches in flight (default: 1)")
     parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    args.processes = args.processes or [1] * len(args.latency)
 
     fake = RemoteFake(_serve)
     try:
