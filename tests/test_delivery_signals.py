@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from dagster import instance_for_test, materialize
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach_pipeline.assets.sends import email_sends, send_partitions
@@ -34,7 +35,7 @@ from outreach_pipeline.core.events import (
     unsubscribe_by_token,
 )
 from outreach_pipeline.core.leads import add_leads, import_leads_csv
-from outreach_pipeline.core.suppression import is_suppressed, suppress
+from outreach_pipeline.core.suppression import is_suppressed, suppress, suppress_many
 from outreach_pipeline.db.models import (
     Campaign,
     CampaignCount,
@@ -141,6 +142,25 @@ def test_complaints_and_subscription_changes_suppress_and_lift(
     # Reactivated at Postmark: the suppression that mirrored Postmark's is lifted (a new send needs a new job).
     _event(sessions, "subscription_change", change_id, 0, SuppressSending=False, ChangedAt="2026-11-24T11:00:00Z")
     assert _lead(sessions, changed)[1] is False
+
+
+def test_an_address_too_long_for_the_suppression_list_is_refused_never_stored_cut_short(
+    sessions: sessionmaker[Session]
+) -> None:
+    too_long = "a" * 330 + "@example.com"  # the column holds 320 characters
+    with session_scope(sessions) as session:
+        owner = User(email="owner@company.example")
+        session.add(owner)
+        session.flush()
+        owner_id = owner.id
+    try:
+        with session_scope(sessions) as session:
+            suppress_many(session, [(owner_id, too_long, "manual")])
+    except DBAPIError:
+        pass  # PostgreSQL refuses it: the value is too long
+    with session_scope(sessions) as session:
+        stored = session.scalars(select(Suppression.email)).all()
+    assert stored in ([], [too_long])  # SQLite keeps any length
 
 
 def test_a_reactivation_at_the_provider_lifts_only_what_the_provider_suppressed(

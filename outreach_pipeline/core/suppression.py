@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal_column, select
+from sqlalchemy import Text, bindparam, delete, func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -84,9 +84,10 @@ def _on_conflict(statement: Any) -> Any:
 
 def _upsert_arrays() -> Any:
     """PostgreSQL: INSERT ... SELECT FROM unnest(owner_ids, emails, reasons) ON CONFLICT ..."""
+    # Text arrays, not the columns' VARCHAR(n): an explicit cast to VARCHAR(n) cuts a longer value short
+    # without a word, where the insert's own conversion refuses it.
     given = func.unnest(bindparam("owner_ids", type_=ARRAY(_TABLE.c.owner_id.type)),
-                        bindparam("emails", type_=ARRAY(_TABLE.c.email.type)),
-                        bindparam("reasons", type_=ARRAY(_TABLE.c.reason.type))
+                        bindparam("emails", type_=ARRAY(Text)), bindparam("reasons", type_=ARRAY(Text))
                         ).table_valued("owner_id", "email", "reason").render_derived(name="given")
     return _on_conflict(postgresql.insert(_TABLE).from_select(
         ["owner_id", "email", "reason", "created_at"],
