@@ -1,7 +1,7 @@
 """Exactly once across real processes: a SIGKILL between the provider's answer and our commit, and
 several sender processes on one PostgreSQL database, all through the real postmarker client.
 
-Run as a script (`python -m tests.test_delivery_processes DB_URL POSTMARK_URL TOKEN BATCH CONCURRENCY`)
+Run as a script (`python -m tests.test_delivery_processes DB_URL POSTMARK_URL TOKEN BATCH CONCURRENCY PROCESSES`)
 this module is one sender process: it sends every due job once and prints its report as JSON.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import secrets
 import signal
 import subprocess
@@ -56,7 +57,7 @@ from outreach_pipeline.db.models import (
     User,
 )
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope
-from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, SendResult
+from outreach_pipeline.mail.message import MailerAccountError, OutgoingEmail, SendOutcome, SendResult
 from outreach_pipeline.mail.postmark import PostmarkMailer
 from tests.fakes.postmark import FakePostmark
 
@@ -107,10 +108,10 @@ def _job_statuses(sessions: sessionmaker[Session], campaign_id: int) -> Counter[
 
 
 def _sender(database_url: str, fake: FakePostmark, batch: int, concurrency: int,
-            env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+            env: dict[str, str] | None = None, processes: int = 1) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.test_delivery_processes", database_url, fake.url, fake.server_token,
-         str(batch), str(concurrency)],
+         str(batch), str(concurrency), str(processes)],
         cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -274,6 +275,77 @@ def test_a_send_process_killed_mid_run_fails_the_run_and_its_claims_are_reconcil
 
 
 @pytest.mark.postgres
+def test_an_interrupted_run_over_several_processes_hands_back_every_job_it_had_not_sent(
+    postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 1500, daily_cap=5000)
+    fake_postmark.latency_s = 0.3
+    sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
+    _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
+    os.kill(sender.pid, signal.SIGINT)  # what cancelling a Dagster run sends its process
+    _, err = sender.communicate(timeout=60)
+
+    assert sender.returncode != 0 and "KeyboardInterrupt" in err
+    # The batches in flight finished and were recorded; those claimed and waiting went back to PENDING,
+    # not left SENDING for the reconciler to ask the provider about.
+    statuses = _job_statuses(sessions, seeded.campaign_id)
+    assert JobStatus.SENDING not in statuses
+    assert statuses[JobStatus.SENT] == len(fake_postmark.messages) < 1500
+    assert statuses[JobStatus.SENT] + statuses[JobStatus.PENDING] == 1500
+
+
+@pytest.mark.postgres
+def test_send_processes_stop_soon_after_their_run_process_is_killed(
+    postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seed_campaign(sessions, 1500, daily_cap=5000)
+    fake_postmark.latency_s = 0.3
+    sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
+    _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
+    os.kill(sender.pid, signal.SIGKILL)
+    sender.wait(10)
+
+    time.sleep(2)  # the batches in hand end; nothing new starts
+    settled = len(fake_postmark.messages)
+    time.sleep(2)
+    assert len(fake_postmark.messages) == settled < 1500  # still sending, it would take ~270 more a second
+
+
+class _Tagged(PostmarkMailer):
+    """A mailer of the operator's own, built on ours."""
+
+    def __init__(self, fake: FakePostmark, tag: str) -> None:
+        super().__init__(fake.server_token, fake.url, "outbound")
+        self.tag = tag
+
+
+def test_a_postmark_mailer_reaches_a_send_process_as_itself(fake_postmark: FakePostmark) -> None:
+    mailer = _Tagged(fake_postmark, "ours")
+    mailer.send_batch([OutgoingEmail("a@example.com", "ada@sender.example", "Hi", "Hello")])  # a client in use
+
+    copy = pickle.loads(pickle.dumps(mailer))
+
+    assert type(copy) is _Tagged and copy.tag == "ours"
+    (result,) = copy.send_batch([OutgoingEmail("b@example.com", "ada@sender.example", "Hi", "Hello")])
+    assert result.outcome == SendOutcome.SENT
+    assert [m["To"] for m in fake_postmark.messages] == ["a@example.com", "b@example.com"]
+
+
+@pytest.mark.postgres
+def test_a_mailer_that_cannot_reach_a_send_process_stops_the_run_saying_why_before_anything_is_sent(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 20)
+    unpicklable = _Gated(fake_postmark)  # holds a threading.Event
+
+    with pytest.raises(TypeError, match="needs a mailer that can be sent to another process; _Gated cannot"):
+        dispatch_due(sessions, unpicklable, CONFIG, datetime.now(UTC), policy=SendPolicy(batch_size=10, processes=2))
+
+    assert fake_postmark.messages == []
+    assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.PENDING: 20}
+
+
+@pytest.mark.postgres
 def test_a_claim_of_several_batches_is_sent_batch_by_batch_each_job_once(
     sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
@@ -358,10 +430,11 @@ def test_a_batch_the_reconciler_took_back_while_it_waited_to_be_sent_is_not_sent
 
 
 def _main(argv: list[str]) -> None:
-    database_url, api_url, token, batch, concurrency = argv
+    database_url, api_url, token, batch, concurrency, processes = argv
     sessions = make_session_factory(create_db_engine(database_url))
     report = dispatch_due(sessions, PostmarkMailer(token, api_url, "outbound"), CONFIG, datetime.now(UTC),
-                          policy=SendPolicy(batch_size=int(batch), concurrency=int(concurrency)))
+                          policy=SendPolicy(batch_size=int(batch), concurrency=int(concurrency),
+                                            processes=int(processes)))
     print(json.dumps(report.as_metadata()))
 
 

@@ -520,11 +520,15 @@ def _run(run: _Run) -> None:
     """In this process, or in `policy.processes` worker processes on PostgreSQL (SQLite has one writer)."""
     from outreach_pipeline.core import send_processes  # noqa: PLC0415 (it builds on this module)
 
-    on_postgresql = run.factory.kw["bind"].dialect.name == "postgresql"
-    if run.policy.processes > 1 and on_postgresql and send_processes.can_start_processes():
-        send_processes.run_in_processes(run)
-    else:
-        run_workers(run)
+    if run.policy.processes > 1:
+        if run.factory.kw["bind"].dialect.name != "postgresql":
+            log.warning("sending from one process: SEND_PROCESSES needs PostgreSQL (SQLite has one writer)")
+        elif not send_processes.can_start_processes():
+            log.warning("sending from one process: this process is a daemon, which may not start others")
+        else:
+            send_processes.run_in_processes(run)
+            return
+    run_workers(run)
 
 
 def dispatch_due(

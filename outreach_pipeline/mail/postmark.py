@@ -89,11 +89,13 @@ class PostmarkMailer:
         self._local = threading.local()
         self.message_stream = message_stream
 
-    def __reduce__(self) -> tuple[type[PostmarkMailer], tuple[str, str, str, float]]:
-        # Pickled to each send process (core/send_processes.py) as its settings: clients are per thread.
-        options = self._options
-        return PostmarkMailer, (options["server_token"], options["root_api_url"], self.message_stream,
-                                options["timeout"])
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled to each send process (core/send_processes.py) without its clients: they are per thread.
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     @property
     def client(self) -> PostmarkClient:
