@@ -25,8 +25,7 @@ from outreach_pipeline.core.generation_stats import (
     generation_usage,
 )
 from outreach_pipeline.core.jobs import schedule_first_jobs
-from outreach_pipeline.core.lead_schema import EMAIL_PATTERN
-from outreach_pipeline.core.leads import lead_fields
+from outreach_pipeline.core.lead_fields import EMAIL_PATTERN, lead_fields
 from outreach_pipeline.core.openers import missing_opener_problems
 from outreach_pipeline.core.pacing import spread_overdue_jobs
 from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text

@@ -13,7 +13,7 @@ import pyarrow
 from pandera.dtypes import DataType, immutable
 from pandera.engines import pandas_engine
 
-STANDARD_FIELDS: tuple[str, ...] = ("email", "first_name", "last_name", "company", "title", "timezone")
+from outreach_pipeline.core.lead_fields import EMAIL_PATTERN, STANDARD_FIELDS
 
 # Header spellings seen in real exports (Apollo, HubSpot, Sales Navigator, Excel), compared
 # after lower-casing and dropping everything but letters and digits.
@@ -48,11 +48,6 @@ MAX_LENGTHS: dict[str, int] = {
     "timezone": 64,
 }
 
-# Syntax only (no network): a local part, one '@', dot-separated labels, an alphabetic TLD.
-EMAIL_PATTERN = (
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
-)
 INVALID_EMAIL = "invalid email"
 # A custom cell (a note, an address) longer than this is a mistake in the file, not something to mail.
 MAX_CUSTOM_LENGTH = 10_000

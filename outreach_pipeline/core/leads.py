@@ -27,6 +27,7 @@ from outreach_pipeline.core.errors import InvalidInputError
 from outreach_pipeline.core.jobs import schedule_first_jobs
 from outreach_pipeline.core.key_hashes import HashedKeys, key_hashes
 from outreach_pipeline.core.lead_file import RecordChunk, collector_paused, open_lead_file, rows_table
+from outreach_pipeline.core.lead_fields import lead_fields
 from outreach_pipeline.core.lead_schema import (
     LEAD_ROW_FRAME_SCHEMA,
     STANDARD_FIELDS,
@@ -453,9 +454,3 @@ def list_leads(
     return list(leads), total
 
 
-def lead_fields(session: Session, campaign: Campaign, sample: int = 1000) -> list[str]:
-    """Fields templates may use: the standard ones and custom fields seen among the campaign's leads."""
-    custom: set[str] = set()
-    for fields in session.scalars(select(Lead.custom_fields).where(Lead.campaign_id == campaign.id).limit(sample)):
-        custom.update(fields or {})
-    return [f for f in STANDARD_FIELDS if f != "timezone"] + sorted(custom)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from outreach_pipeline.core.campaigns import MAX_ROW_ID, placeholder_problems
 from outreach_pipeline.core.errors import InvalidInputError, NotFoundError
-from outreach_pipeline.core.leads import lead_fields
+from outreach_pipeline.core.lead_fields import lead_fields
 from outreach_pipeline.core.llm_cache import CacheWrite, cache_key, cached_answers, remember
 from outreach_pipeline.core.placeholders import AI_OPENER, find_placeholders, template_text, unbalanced_braces
 from outreach_pipeline.core.template_lint import template_warnings
