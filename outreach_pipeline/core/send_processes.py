@@ -12,7 +12,7 @@ worker reports back, also when the run is interrupted: the jobs to hand back to 
 caller once all have stopped, as in one process, and the reports are summed. A worker whose run process is
 gone (killed) stops after the batch in hand.
 
-Workers are spawned (a fresh interpreter each, about a second to import the send path): they inherit the
+Workers are spawned (a fresh interpreter each, about half a second to import the send path): they inherit the
 run's environment and output as they are when the run starts, and none of its threads or connections.
 They are given the database URL only; engine options of the caller's engine do not travel.
 """
