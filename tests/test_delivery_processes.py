@@ -109,10 +109,12 @@ def _job_statuses(sessions: sessionmaker[Session], campaign_id: int) -> Counter[
 
 def _sender(database_url: str, fake: FakePostmark, batch: int, concurrency: int,
             env: dict[str, str] | None = None, processes: int = 1) -> subprocess.Popen[str]:
+    """A sender process in a process group of its own (with its send processes), as a terminal starts one."""
     return subprocess.Popen(
         [sys.executable, "-m", "tests.test_delivery_processes", database_url, fake.url, fake.server_token,
          str(batch), str(concurrency), str(processes)],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
 
 
 def _wait_for(condition: Any, timeout: float, what: str) -> None:
@@ -282,7 +284,11 @@ def test_an_interrupted_run_over_several_processes_hands_back_every_job_it_had_n
     fake_postmark.latency_s = 0.3
     sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
     _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
-    os.kill(sender.pid, signal.SIGINT)  # what cancelling a Dagster run sends its process
+    # Ctrl-C twice in the terminal: the whole group, the send processes too (cancelling a Dagster run
+    # signals the run's process only).
+    os.killpg(sender.pid, signal.SIGINT)
+    time.sleep(0.1)
+    os.killpg(sender.pid, signal.SIGINT)
     _, err = sender.communicate(timeout=60)
 
     assert sender.returncode != 0 and "KeyboardInterrupt" in err
@@ -298,7 +304,7 @@ def test_an_interrupted_run_over_several_processes_hands_back_every_job_it_had_n
 def test_send_processes_stop_soon_after_their_run_process_is_killed(
     postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    seed_campaign(sessions, 1500, daily_cap=5000)
+    seeded = seed_campaign(sessions, 1500, daily_cap=5000)
     fake_postmark.latency_s = 0.3
     sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
     _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
@@ -309,6 +315,9 @@ def test_send_processes_stop_soon_after_their_run_process_is_killed(
     settled = len(fake_postmark.messages)
     time.sleep(2)
     assert len(fake_postmark.messages) == settled < 1500  # still sending, it would take ~270 more a second
+    # With nobody to report to, the send processes handed back what they had claimed and not sent.
+    statuses = _job_statuses(sessions, seeded.campaign_id)
+    assert JobStatus.SENDING not in statuses and statuses[JobStatus.SENT] == settled
 
 
 class _Tagged(PostmarkMailer):

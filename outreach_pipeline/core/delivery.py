@@ -341,7 +341,7 @@ class Claim(NamedTuple):
 
 
 class StopFlag(Protocol):
-    """What a run needs of its stop flag: a threading.Event, or a multiprocessing one shared by processes."""
+    """What a run needs of its stop flag: a threading.Event, or one shared by processes (send_processes)."""
 
     def is_set(self) -> bool: ...
 
@@ -471,6 +471,20 @@ class _Run:
 STOPPED_BEFORE_SENDING = "the run stopped before this batch was sent"
 
 
+def _hand_to_senders(run: _Run, claim: Claim, claimed: queue.Queue[Claim | None]) -> None:
+    """Queue the claim batch by batch; if interrupted while queueing, the batches not queued go back to
+    PENDING with the run's other leftovers (a batch a sender has sent meanwhile is SENT, which release
+    leaves alone)."""
+    batches = claim.batches(run.policy.batch_size)
+    for number, batch in enumerate(batches):
+        try:
+            claimed.put(batch)
+        except BaseException:
+            for rest in batches[number:]:
+                run.release_later(rest, STOPPED_BEFORE_SENDING)
+            raise
+
+
 def run_workers(run: _Run) -> None:
     """One claimer and `policy.concurrency` senders: the claimer takes batch after batch (so our own threads
     never queue on the campaign lock the claim holds), senders prepare, send and record them, so one's
@@ -502,8 +516,7 @@ def run_workers(run: _Run) -> None:
     try:
         # Several batches a claim (SendPolicy.claim_batches): the claimer was the run's bottleneck.
         while not run.stop.is_set() and (claim := run.claim(run.policy.claim_batches)).job_ids:
-            for batch in claim.batches(run.policy.batch_size):
-                claimed.put(batch)
+            _hand_to_senders(run, claim, claimed)
     except BaseException as error:
         run.stop.set()
         errors.append(error)

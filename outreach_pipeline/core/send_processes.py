@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -115,13 +116,15 @@ def run_in_processes(run: _Run) -> None:
         _collect(workers, stop, outcomes)
     except BaseException:  # interrupted (a run being cancelled): every worker stops after its batch and reports
         stop.set()
-        _collect(workers, stop, outcomes)
-        _merge(run, outcomes)
+        _drain(workers, stop, outcomes)
         raise
-    _merge(run, outcomes)
+    finally:
+        _merge(run, outcomes)
     failures = [outcome.error for outcome in outcomes if outcome.error]
-    if failures:
+    if failures and run.account_error is None:  # a refused account says more, and dispatch_due raises it
         raise SendProcessError(f"{len(failures)} of {len(outcomes)} send processes failed; the first:\n{failures[0]}")
+    for failure in failures:
+        log.error("a send process failed: %s", failure)
 
 
 def _picklable(work: _Work) -> _Work:
@@ -144,26 +147,35 @@ def _start(context: SpawnContext, work: _Work, stop: SharedStop, number: int) ->
 
 
 def _collect(workers: dict[Connection, BaseProcess], stop: SharedStop, outcomes: list[_Outcome]) -> None:
-    """Read every worker's outcome as it comes (a large one blocks its worker until read), removing each from
-    `workers`; the first failure stops the others."""
+    """Read every worker's outcome as it comes (a large one blocks its worker until read) into `outcomes`,
+    removing the worker from `workers` once its outcome is kept; the first failure stops the others."""
     while workers:
         for answers in wait(list(workers)):
+            outcome = _read(answers, workers[answers])  # type: ignore[index]
+            outcomes.append(outcome)
             process = workers.pop(answers)  # type: ignore[call-overload]
-            outcome = _read(answers, process)
+            answers.close()
+            process.join()
             if outcome.error:
                 stop.set()
-            outcomes.append(outcome)
+
+
+def _drain(workers: dict[Connection, BaseProcess], stop: SharedStop, outcomes: list[_Outcome]) -> None:
+    """After an interrupt: read the rest, however many more interrupts come, so every claim a worker could
+    not send is handed back, and no worker waits forever to give its outcome."""
+    while workers:
+        try:
+            _collect(workers, stop, outcomes)
+        except KeyboardInterrupt:
+            log.warning("waiting for %d send process(es) to end their batch in hand", len(workers))
 
 
 def _read(answers: Connection, process: BaseProcess) -> _Outcome:
-    with answers:
-        try:
-            outcome: _Outcome = answers.recv()
-        except EOFError:
-            process.join()
-            return _Outcome({}, {}, [], error=f"{process.name} exited with code {process.exitcode} without a report")
-    process.join()
-    return outcome
+    try:
+        return answers.recv()  # type: ignore[no-any-return]
+    except (EOFError, OSError):  # died before or while answering
+        process.join()
+        return _Outcome({}, {}, [], error=f"{process.name} exited with code {process.exitcode} without a report")
 
 
 def _merge(run: _Run, outcomes: list[_Outcome]) -> None:
@@ -179,6 +191,9 @@ def _merge(run: _Run, outcomes: list[_Outcome]) -> None:
 
 def _work_in_process(work: _Work, stop: SharedStop, answer: Connection) -> None:
     """A worker: the claim/send loop over its own connections, its outcome sent back to the caller."""
+    # Stopped by the run only (the shared flag), never by a Ctrl-C to the process group: an interrupt lands
+    # anywhere, and a claim it cut in half would stay SENDING until its lease ran out.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     engine = create_db_engine(work.database_url, pool_size=work.policy.concurrency + 2)
     run = _Run(make_session_factory(engine), work.mailer, work.config, work.due_before, work.policy, work.now,
                stop=stop)
@@ -190,11 +205,15 @@ def _work_in_process(work: _Work, stop: SharedStop, answer: Connection) -> None:
         stop.set()
         error = traceback.format_exc()
         log.exception("send process %d failed", os.getpid())
+    outcome = _Outcome(run.report.as_metadata(), dict(run.report.reasons), run.to_release,
+                       str(run.account_error) if run.account_error else None, error)
+    try:
+        with answer:
+            answer.send(outcome)
+    except OSError:  # the run's process is gone: nobody else will hand our unsent claims back
+        run.release_all()
     finally:
         engine.dispose()
-    with answer:
-        answer.send(_Outcome(run.report.as_metadata(), dict(run.report.reasons), run.to_release,
-                             str(run.account_error) if run.account_error else None, error))
 
 
 def _stop_when_orphaned(stop: SharedStop) -> None:
