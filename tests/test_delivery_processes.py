@@ -276,14 +276,21 @@ def test_a_send_process_killed_mid_run_fails_the_run_and_its_claims_are_reconcil
     assert _job_statuses(sessions, seeded.campaign_id) == {JobStatus.SENT: 400}
 
 
+def _sending_from_two_processes(postgres_url: str, sessions: sessionmaker[Session],
+                                fake: FakePostmark) -> tuple[Seeded, subprocess.Popen[str]]:
+    """A sender process with two send processes, well into 1,500 jobs (about 270 a second, 0.3 s a batch)."""
+    seeded = seed_campaign(sessions, 1500, daily_cap=5000)
+    fake.latency_s = 0.3
+    sender = _sender(postgres_url, fake, batch=10, concurrency=4, processes=2)
+    _wait_for(lambda: len(fake.messages) >= 100, 60, "sends from the send processes")
+    return seeded, sender
+
+
 @pytest.mark.postgres
 def test_an_interrupted_run_over_several_processes_hands_back_every_job_it_had_not_sent(
     postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    seeded = seed_campaign(sessions, 1500, daily_cap=5000)
-    fake_postmark.latency_s = 0.3
-    sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
-    _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
+    seeded, sender = _sending_from_two_processes(postgres_url, sessions, fake_postmark)
     # Ctrl-C twice in the terminal: the whole group, the send processes too (cancelling a Dagster run
     # signals the run's process only).
     os.killpg(sender.pid, signal.SIGINT)
@@ -304,10 +311,7 @@ def test_an_interrupted_run_over_several_processes_hands_back_every_job_it_had_n
 def test_send_processes_stop_soon_after_their_run_process_is_killed(
     postgres_url: str, sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
-    seeded = seed_campaign(sessions, 1500, daily_cap=5000)
-    fake_postmark.latency_s = 0.3
-    sender = _sender(postgres_url, fake_postmark, batch=10, concurrency=4, processes=2)
-    _wait_for(lambda: len(fake_postmark.messages) >= 100, 60, "sends from the send processes")
+    seeded, sender = _sending_from_two_processes(postgres_url, sessions, fake_postmark)
     os.kill(sender.pid, signal.SIGKILL)
     sender.wait(10)
 
