@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     leads_bucket: str = ""
     send_batch_size: int = 500
-    # Batches in flight at once per send run (each on its own connection to the provider).
+    # Batches in flight at once per send process (each on its own connection to the provider).
     send_concurrency: int = Field(4, ge=1, le=32)
     # Processes one send run spreads over, each with SEND_CONCURRENCY batches in flight (PostgreSQL only):
     # one process composes and records with about one core.

@@ -113,6 +113,13 @@ class DispatchReport:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def merge(self, counts: dict[str, int], reasons: dict[str, int]) -> None:
+        """Add the report of one send process (its `as_metadata` counts and its reasons)."""
+        self.add(**counts)
+        with self._lock:
+            self.reasons.update(reasons)
+            self.sent_per_process.append(counts.get("sent", 0))
+
 
 def _note(report: DispatchReport, status: JobStatus, reason: str) -> None:
     with report._lock:
@@ -358,7 +365,7 @@ class _Run:
         self.factory, self.mailer, self.config = factory, mailer, config
         self.due_before, self.policy, self.now = due_before, policy, now
         self.report = DispatchReport()
-        # A multiprocessing Event when the run spans processes: a refused account in one stops them all.
+        # Shared by the processes when the run spans several: a refused account in one stops them all.
         self.stop: StopFlag = stop if stop is not None else threading.Event()
         self.account_error: MailerAccountError | None = None
         # Batches nothing of which was sent, handed back to PENDING once every worker has stopped: released

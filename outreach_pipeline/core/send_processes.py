@@ -180,10 +180,7 @@ def _read(answers: Connection, process: BaseProcess) -> _Outcome:
 
 def _merge(run: _Run, outcomes: list[_Outcome]) -> None:
     for outcome in outcomes:
-        run.report.add(**outcome.counts)
-        run.report.sent_per_process.append(outcome.counts.get("sent", 0))
-        with run.report._lock:
-            run.report.reasons.update(outcome.reasons)
+        run.report.merge(outcome.counts, outcome.reasons)
         run.to_release.extend(outcome.to_release)
         if outcome.account_error and run.account_error is None:
             run.account_error = MailerAccountError(outcome.account_error)

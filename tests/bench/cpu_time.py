@@ -7,37 +7,45 @@ import os
 from pathlib import Path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of `pid` so far; 0 when it is gone or there is no /proc (not Linux)."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces); [] when it is gone or
+    there is no /proc (not Linux). Field 1 is the parent, 11-14 the CPU ticks (own user and system, then
+    those of the children it has waited for)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, theirs, ...), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            parents.setdefault(parent, []).append(int(entry.name))
-    found, waiting = [], list(parents.get(pid, []))
-    while waiting:
-        child = waiting.pop()
-        found.append(child)
-        waiting.extend(parents.get(child, []))
-    return found
+def _seconds(ticks: list[str]) -> float:
+    return sum(int(value) for value in ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of `pid` so far; 0 when it is gone."""
+    return _seconds(_stat(pid)[11:13])
 
 
 def cpu_seconds_with_reaped(pid: int) -> float:
     """CPU seconds of `pid` and of the children it has already waited for (which left it their time)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return _seconds(_stat(pid)[11:15])
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of `pid`; 0 when it is gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            children.setdefault(parent_pid(int(entry.name)), []).append(int(entry.name))
+    found, waiting = [], list(children.get(pid, []))
+    while waiting:
+        child = waiting.pop()
+        found.append(child)
+        waiting.extend(children.get(child, []))
+    return found

@@ -43,7 +43,7 @@ from outreach_pipeline.core.templates import TemplateInput, save_template  # noq
 from outreach_pipeline.db.models import User  # noqa: E402
 from outreach_pipeline.db.session import create_db_engine, make_session_factory, session_scope  # noqa: E402
 from outreach_pipeline.mail.postmark import PostmarkMailer  # noqa: E402
-from tests.bench.cpu_time import cpu_seconds, cpu_seconds_with_reaped, descendants  # noqa: E402
+from tests.bench.cpu_time import cpu_seconds, cpu_seconds_with_reaped, descendants, parent_pid  # noqa: E402
 from tests.bench.remote_fake import RemoteFake  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
 from tests.bench.scratch_db import scratch_database  # noqa: E402
@@ -143,9 +143,8 @@ def _insert_leads(session: Any, campaign_id: int, count: int) -> None:
 
 
 class CpuUse:
-    """CPU seconds of this process (every thread), the fake's process and every PostgreSQL process on the
-    machine (backends, WAL writer, checkpointer), read from /proc; a process that exits in between is lost,
-    so read the database's before closing its connections."""
+    """CPU seconds of this process (every thread) with its send processes, the fake's process and every
+    PostgreSQL process on the machine (backends, WAL writer, checkpointer), read from /proc."""
 
     def __init__(self, fake_pid: int) -> None:
         self.fake_pid = fake_pid
@@ -154,7 +153,7 @@ class CpuUse:
     def _read(self) -> dict[tuple[str, int], float]:
         database = [int(entry.name) for entry in Path("/proc").iterdir()
                     if entry.name.isdigit() and _command(entry) == "postgres"]
-        postmaster = {pid for pid in database if _command(Path(f"/proc/{_parent(pid)}")) != "postgres"}
+        postmaster = {pid for pid in database if _command(Path(f"/proc/{parent_pid(pid)}")) != "postgres"}
         # Ours: this process with its send processes, those that ended included (os.times counts the children
         # it has reaped; the fake is reaped only after the bench).
         helpers = set(descendants(os.getpid())) - {self.fake_pid, *descendants(self.fake_pid)}
@@ -179,13 +178,6 @@ def _role(pid: int) -> str:
     except OSError:
         return "database_background"
     return "database" if "(" in title else "database_background"  # a client backend names its peer, host(port)
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _command(entry: Path) -> str:
