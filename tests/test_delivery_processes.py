@@ -240,6 +240,26 @@ def test_a_refused_account_stops_every_send_process_and_leaves_the_jobs_pending(
 
 
 @pytest.mark.postgres
+def test_one_refused_batch_stops_the_other_send_process_too(
+    sessions: sessionmaker[Session], fake_postmark: FakePostmark
+) -> None:
+    seeded = seed_campaign(sessions, 200, daily_cap=1000)  # the cap is not what stops the run
+    fake_postmark.latency_s = 0.2
+    fake_postmark.fail_next(401)  # one batch, in one of the processes, meets a refused account
+    policy = SendPolicy(batch_size=10, concurrency=2, processes=2)
+
+    with pytest.raises(MailerAccountError, match="Server Token you provided") as refused:
+        dispatch_due(sessions, _mailer(fake_postmark), CONFIG, datetime.now(UTC), policy=policy)
+
+    # Only the batches already on their way when the refusal came went out (three at most, one per other
+    # sender); the other process stopped too rather than sending the rest of the 200.
+    sent = len(fake_postmark.messages)
+    assert sent <= 3 * policy.batch_size and refused.value.sent == sent
+    # Counters compare missing statuses as zero (Python 3.10+): SENT may be 0.
+    assert _job_statuses(sessions, seeded.campaign_id) == Counter({JobStatus.SENT: sent, JobStatus.PENDING: 200 - sent})
+
+
+@pytest.mark.postgres
 def test_a_send_process_killed_mid_run_fails_the_run_and_its_claims_are_reconciled_not_resent(
     sessions: sessionmaker[Session], fake_postmark: FakePostmark
 ) -> None:
